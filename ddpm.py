@@ -1,0 +1,691 @@
+"""Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
+
+Trains the U-Net of unet.py to predict the noise added to cartoon faces (or your images) and samples
+new ones with ancestral sampling (Algorithm 2). One file: schedules, forward process, posterior, loss,
+training with EMA, sampling, benchmark.
+
+    python ddpm.py --train                        # built-in cartoons, 64x64, writes ddpm.pt
+    python ddpm.py --train --data DIR             # a folder of your images
+    python ddpm.py --train --resume               # continue ddpm.pt where it stopped
+    python ddpm.py --sample --ckpt ddpm.pt --n 64 # grid, denoising GIF (and PNGs with --n > 64)
+    python ddpm.py --bench                        # images/s, MFU, memory of the default model
+
+Notation (code -> paper). Timesteps: code t = 0..T-1 is the paper's t = 1..T (t=0: one step of noise).
+    betas[t]               beta_t               variance of step t of the forward process
+    alphas[t]              alpha_t = 1 - beta_t
+    alphas_cumprod[t]      abar_t = prod_{s<=t} alpha_s
+    abar_prev              abar_{t-1}, equal to 1 before the first step (t_prev = -1)
+    eps, x0, x_t           epsilon, x_0, x_t    noise, data, noised data
+    v                      sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, arXiv 2202.00512)
+    snr                    abar_t / (1 - abar_t)
+"""
+import argparse
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unet import UNet
+
+# ----------------------------------------------------------------------------------------------------
+# Config: every field is a command-line flag (--field-name) with this help text.
+
+
+def arg(default, help):
+    """A config field whose help text becomes its --help line."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # data
+    data: str = arg("", "folder of images to train on (any size or mode); empty: built-in cartoons")
+    image_size: int = arg(64, "side of the square training images; a multiple of 8")
+    n_images: int = arg(10_000, "how many built-in cartoon faces to draw (ignored with --data)")
+    # network (unet.py)
+    ch: int = arg(128, "base channel count of the U-Net")
+    ch_mult: tuple = arg((1, 2, 2, 2), "channel multiplier per resolution level, comma-separated")
+    num_res_blocks: int = arg(2, "residual blocks per level")
+    attn_levels: tuple = arg((2, 3), "levels with self-attention (0 = full resolution)")
+    dropout: float = arg(0.0, "dropout in the residual blocks (DDPM's 800k-step CIFAR-10 run: 0.1)")
+    # diffusion
+    T: int = arg(1000, "diffusion steps (DDPM: 1000)")
+    schedule: str = arg("linear", "noise schedule: linear (DDPM) | cosine (Improved DDPM)")
+    prediction: str = arg("eps", "what the network predicts: eps | x0 | v")
+    min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0: off")
+    # training
+    steps: int = arg(20_000, "optimizer steps")
+    minutes: float = arg(0.0, "wall-clock training budget, compile included; 0: run --steps")
+    batch: int = arg(128, "training batch size")
+    lr: float = arg(2e-4, "peak learning rate of AdamW (DDPM: 2e-4)")
+    warmup: int = arg(500, "linear learning-rate warm-up steps")
+    lr_decay: str = arg("cosine", "after warm-up: cosine (to 0 at the end) | constant")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)")
+    ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM's EMA)")
+    ema_rampup: float = arg(0.1, "cap the EMA half-life at this fraction of images seen; 0: off")
+    flip: bool = arg(True, "random horizontal flips")
+    compile: bool = arg(True, "torch.compile the network (CUDA only)")
+    seed: int = arg(0, "random seed for training and sampling")
+    log_every: int = arg(50, "steps between progress lines (each costs one host sync)")
+    sample_every: int = arg(2000, "steps between sample grids written to --out; 0: never")
+    ckpt_every: int = arg(2000, "steps between checkpoints (also written at the end and on Ctrl-C)")
+    # sampling
+    n: int = arg(64, "images to sample; more than 64 also writes each one as a PNG (for FID)")
+    sample_steps: int = arg(0, "ancestral steps, fewer than T respace (IDDPM Sec. 4); 0: T "
+                            "(training grids: at most 100)")
+    sample_batch: int = arg(256, "sampling batch size")
+    var: str = arg("small", "reverse variance: small (beta tilde, Eq. 7) | large (beta)")
+    out: str = arg("out", "folder for sample grids, GIFs and PNGs")
+
+
+def check_config(cfg):
+    """One clear line for each impossible value, before any work is done."""
+    levels = len(cfg.ch_mult)
+    problems = [
+        (cfg.image_size < 8 or cfg.image_size % 2 ** (levels - 1),
+         f"--image-size {cfg.image_size} must be a multiple of {2 ** (levels - 1)} "
+         f"(the U-Net halves it {levels - 1} times)"),
+        (cfg.schedule not in ("linear", "cosine"), f"--schedule {cfg.schedule}: use linear or cosine"),
+        (cfg.prediction not in ("eps", "x0", "v"), f"--prediction {cfg.prediction}: use eps, x0 or v"),
+        (cfg.var not in ("small", "large"), f"--var {cfg.var}: use small or large"),
+        (cfg.lr_decay not in ("cosine", "constant"), f"--lr-decay {cfg.lr_decay}: cosine|constant"),
+        (not 0 <= cfg.sample_steps <= cfg.T, f"--sample-steps must be between 0 and T={cfg.T}"),
+        (any(not 0 <= a < levels for a in cfg.attn_levels), f"--attn-levels must be in 0..{levels-1}"),
+        (not 0 <= cfg.dropout < 1, "--dropout must be in [0, 1)"),
+        (cfg.lr <= 0 or cfg.grad_clip <= 0, "--lr and --grad-clip must be positive"),
+    ]
+    positive = ["T", "steps", "batch", "ch", "num_res_blocks", "n", "sample_batch", "n_images",
+                "log_every"]
+    problems += [(getattr(cfg, k) < 1, f"--{k.replace('_', '-')} must be at least 1") for k in positive]
+    nonneg = ["minutes", "warmup", "weight_decay", "ema_halflife_kimg", "ema_rampup", "min_snr_gamma",
+              "sample_every", "ckpt_every"]
+    problems += [(getattr(cfg, k) < 0, f"--{k.replace('_', '-')} must not be negative") for k in nonneg]
+    for bad, message in problems:
+        if bad:
+            fail(message)
+
+
+def fail(message):
+    """Stop with one line on stderr naming the problem and the fix (exit status 1)."""
+    sys.exit(f"ddpm.py: {message}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: uint8 [N, H, W, 3] held on the device, turned into [-1, 1] floats one batch at a time.
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_folder(path, size):
+    """Readable images under path as uint8 [N, size, size, 3], center-cropped; unreadable ones counted."""
+    names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                   if f.lower().endswith(IMAGE_EXTS))
+    images, skipped = [], 0
+    for name in names:
+        try:
+            with Image.open(name) as im:
+                if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
+                    im = Image.fromarray((np.asarray(im, np.float64) / 257).clip(0, 255).astype(np.uint8))
+                im = im.convert("RGBA")  # transparency (RGBA, LA, P) is composited onto white
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im).convert("RGB")
+                s = min(im.size)
+                box = ((im.width - s) // 2, (im.height - s) // 2, (im.width + s) // 2, (im.height + s) // 2)
+                images.append(np.asarray(im.resize((size, size), Image.LANCZOS, box=box)))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            skipped += 1
+    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
+
+
+def load_data(cfg):
+    if not cfg.data:
+        import cartoons  # only the built-in data needs it
+        print(f"drawing {cfg.n_images} cartoon faces at {cfg.image_size}x{cfg.image_size}")
+        return cartoons.make(cfg.n_images, cfg.image_size, seed=0)
+    if not os.path.isdir(cfg.data):
+        fail(f"--data {cfg.data}: no such folder -- pass a folder of png/jpg/webp/bmp images")
+    images, skipped = load_folder(cfg.data, cfg.image_size)
+    if len(images) == 0:
+        fail(f"--data {cfg.data}: no readable images ({skipped} unreadable) -- pass a folder of "
+             f"{'/'.join(e[1:] for e in IMAGE_EXTS)} files")
+    print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
+    return images
+
+
+def get_batch(data, batch, flip):
+    """A random batch from uint8 [N, H, W, 3] on the device -> float [B, 3, H, W] in [-1, 1]."""
+    idx = torch.randint(len(data), (batch,), device=data.device)
+    x = data[idx].permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
+    if flip:
+        x = torch.where(torch.rand(batch, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model(cfg):
+    return UNet(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
+                attn_levels=cfg.attn_levels, dropout=cfg.dropout)
+
+
+def autocast(device):
+    """bf16 autocast around the network on CUDA; a no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The math of DDPM. Schedules in float64, cast once to float32; x tensors are [B, C, H, W].
+
+
+def make_schedule(name, T):
+    """betas, alphas, alphas_cumprod as float32 tensors [T] (DDPM Sec. 4; IDDPM Eq. 17)."""
+    if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so other T keep its shape
+        betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
+    else:  # abar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) pi/2), beta <= 0.999 (IDDPM Eq. 17)
+        s = 0.008
+        f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * np.pi / 2) ** 2
+        betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
+    alphas = 1 - betas
+    tables = dict(betas=betas, alphas=alphas, alphas_cumprod=np.cumprod(alphas))
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in tables.items()}
+
+
+def abar_at(sched, t):
+    """abar_t for integer t [B], with abar_{-1} = 1 (no noise before the first step)."""
+    abar = sched["alphas_cumprod"].to(t.device)
+    return torch.where(t >= 0, abar[t.clamp(min=0)], torch.ones((), device=t.device))
+
+
+def bcast(a, x):
+    """[B] -> [B, 1, 1, 1], to broadcast a per-sample scalar over an image batch."""
+    return a.view(-1, *([1] * (x.dim() - 1)))
+
+
+def q_sample(sched, x0, t, eps):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a draw from q(x_t | x_0) (DDPM Eq. 4)."""
+    abar = bcast(abar_at(sched, t), x0)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+def posterior(x0, x_t, abar_t, abar_prev):
+    """Mean and variance of q(x_prev | x_t, x0) (DDPM Eqs. 6-7), for any earlier step prev.
+
+    With alpha = abar_t / abar_prev and beta = 1 - alpha (one step: alpha_t and beta_t):
+    mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t,
+    var = beta_tilde = (1 - abar_prev) / (1 - abar_t) beta.
+    abar_t, abar_prev: [B, 1, 1, 1].
+    """
+    alpha = abar_t / abar_prev
+    beta = 1 - alpha
+    mean = (abar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - abar_prev) * x_t) / (1 - abar_t)
+    return mean, (1 - abar_prev) / (1 - abar_t) * beta
+
+
+def split_prediction(prediction, out, x_t, abar):
+    """The network output as (x0, eps), whichever it predicts: the one place that converts."""
+    if prediction == "eps":  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)  (Eq. 4 solved for x0)
+        return (x_t - (1 - abar).sqrt() * out) / abar.sqrt(), out
+    if prediction == "x0":
+        return out, (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
+    # v = sqrt(abar) eps - sqrt(1-abar) x0  =>  x0 = sqrt(abar) x_t - sqrt(1-abar) v,
+    #                                            eps = sqrt(1-abar) x_t + sqrt(abar) v
+    return abar.sqrt() * x_t - (1 - abar).sqrt() * out, (1 - abar).sqrt() * x_t + abar.sqrt() * out
+
+
+def training_target(prediction, x0, eps, abar):
+    return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
+
+
+def loss_weight(prediction, abar, gamma):
+    """Min-SNR-gamma weights, min(snr, gamma) / snr in eps units (Hang et al. 2023, Eq. 8-9).
+
+    In x0 units the weight is min(snr, gamma), in v units min(snr, gamma) / (snr + 1); gamma = 0: 1.
+    """
+    if gamma == 0:
+        return torch.ones_like(abar)
+    snr = abar / (1 - abar)
+    return torch.clamp(snr, max=gamma) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction]
+
+
+def diffusion_loss(model, sched, x0, cfg):
+    """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
+    t = torch.randint(cfg.T, (x0.shape[0],), device=x0.device)
+    eps = torch.randn_like(x0)
+    x_t = q_sample(sched, x0, t, eps)
+    with autocast(x0.device):
+        out = model(x_t, t)
+    abar = abar_at(sched, t)
+    target = training_target(cfg.prediction, x0, eps, bcast(abar, x0))
+    mse = (out.float() - target).square().mean(dim=(1, 2, 3))
+    return (loss_weight(cfg.prediction, abar, cfg.min_snr_gamma) * mse).mean()
+
+
+def timesteps(T, steps):
+    """steps evenly spaced training steps from T-1 down to 0; all T when steps == T (IDDPM Sec. 4)."""
+    return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+@torch.no_grad()
+def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
+    """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0.
+
+    model(x_t, t) returns the prediction named by cfg.prediction. Each step sets x0 from it (clipped
+    to [-1, 1] for images) and takes the posterior mean (Eq. 7) with variance beta_tilde (small) or
+    beta (large); no noise is added at the last step. record, a dict {step index: None}, receives
+    (x_t, x0) of the first 16 images at those indices.
+    """
+    x = torch.randn(shape, device=device, generator=generator)
+    ts = timesteps(cfg.T, cfg.sample_steps or cfg.T).tolist()
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        tt = torch.full((shape[0],), t, device=device)
+        abar_t = bcast(abar_at(sched, tt), x)
+        abar_prev = bcast(abar_at(sched, torch.full_like(tt, t_prev)), x)
+        with autocast(device):
+            out = model(x, tt)
+        x0, _ = split_prediction(cfg.prediction, out.float(), x, abar_t)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        mean, var = posterior(x0, x, abar_t, abar_prev)
+        if cfg.var == "large":
+            var = 1 - abar_t / abar_prev  # sigma_t^2 = beta_t (DDPM Sec. 3.2)
+        if record is not None and i in record:
+            record[i] = (x[:16].clone(), x0[:16].clone())
+        noise = torch.randn(shape, device=device, generator=generator) if t_prev >= 0 else 0
+        x = mean + var.sqrt() * noise
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def save_checkpoint(path, **state):
+    """torch.save to a temporary file, then rename: a crash mid-save keeps the previous file whole."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(dict(kind="ddpm", **state), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A ddpm.py checkpoint as a dict, or one clear line saying why not."""
+    if not os.path.isfile(path):
+        fail(f"no checkpoint at {path} -- train one with `python ddpm.py --train` or pass --ckpt PATH")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"{path} is not a readable checkpoint ({type(e).__name__}) -- it may be truncated or "
+             "not a PyTorch file; retrain or pass another --ckpt")
+    kind = ckpt.get("kind", "unknown") if isinstance(ckpt, dict) else "unknown"
+    if kind != "ddpm":
+        fail(f"{path} is a {kind} checkpoint, not a ddpm.py one -- pass a checkpoint written by "
+             "`python ddpm.py --train`")
+    return ckpt
+
+
+def config_from(saved, given):
+    """The checkpoint's config, with the flags given on this command line on top."""
+    known = {f.name for f in fields(Config)}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    return replace(Config(**saved), **given)
+
+
+def pick_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        print("no CUDA GPU: using Apple MPS (float32, no torch.compile)")
+        return torch.device("mps")
+    print("no CUDA GPU: running on the CPU, which is slow -- a smoke run: --steps 50 --ch 32")
+    return torch.device("cpu")
+
+
+def learning_rate(cfg, step, progress):
+    """Linear warm-up, then constant or cosine decay to 0 at progress = 1."""
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    decay = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) if cfg.lr_decay == "cosine" else 1.0
+    return cfg.lr * warm * decay
+
+
+def ema_beta(cfg, nimg):
+    """Decay per step for an EMA half-life of ema_halflife_kimg, ramped up early (EDM, App. F)."""
+    halflife = cfg.ema_halflife_kimg * 1000
+    if cfg.ema_rampup:
+        halflife = min(halflife, nimg * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+
+
+def make_trainer(cfg, device):
+    """The network, its EMA, the optimizer and one training step (compiled on CUDA)."""
+    model = build_model(cfg).to(device, memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+
+    def step(sched, data, lr, beta):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = diffusion_loss(net, sched, get_batch(data, cfg.batch, cfg.flip), cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch._foreach_lerp_(ema_params, params, 1 - beta)  # ema <- beta ema + (1 - beta) theta
+        return loss.detach()
+
+    return model, ema, opt, step
+
+
+def grid_array(images, cols=8):
+    """float [-1, 1] [N, 3, H, W] -> uint8 [rows*(H+2)+2, cols*(W+2)+2, 3], 2 px white gaps."""
+    x = to_uint8(images)
+    n, h, w, _ = x.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = x[k]
+    return canvas
+
+
+def write_grid(images, path, cols=8):
+    Image.fromarray(grid_array(images, cols)).save(path)
+
+
+def to_uint8(x):
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def train(cfg, ckpt_path, state=None):
+    """Algorithm 1 with AdamW, EMA and checkpoints; state: a checkpoint to continue from."""
+    device = pick_device()
+    torch.manual_seed(cfg.seed)
+    data = torch.from_numpy(load_data(cfg)).to(device)  # uint8, NHWC, on the device
+    model, ema, opt, train_step = make_trainer(cfg, device)
+    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    step, seconds = 0, 0.0
+    if state:
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:120]}) -- resume "
+                 "without changing the network flags")
+        step, seconds = state["step"], state["seconds"]
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        print(f"resumed {ckpt_path} at step {step}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"training on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else ''}): "
+          f"{len(data)} images {cfg.image_size}px, {n_params / 1e6:.1f}M parameters, batch {cfg.batch}")
+    os.makedirs(cfg.out, exist_ok=True)
+
+    def checkpoint():
+        rng = dict(rng_cpu=torch.get_rng_state())
+        if device.type == "cuda":
+            rng["rng_cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(),
+                        ema=ema.state_dict(), opt=opt.state_dict(), step=step, seconds=seconds, **rng)
+
+    def finite_or_stop(loss_sum):
+        """The one host sync: the summed loss since the last check is NaN if any step's was."""
+        loss = loss_sum.item() / cfg.log_every
+        if not math.isfinite(loss):
+            print()
+            fail(f"the loss became {loss} near step {step}; stopped without saving, so {ckpt_path} "
+                 "keeps the last good state -- lower --lr or raise --warmup, then --resume")
+        return loss
+
+    budget = cfg.minutes * 60
+    t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
+    t_last, step_last = time.time(), step
+    loss_sum, cr = torch.zeros((), device=device), "\r" if sys.stdout.isatty() else ""
+    try:
+        while step < cfg.steps and (not budget or time.time() - t_start < budget):
+            seconds = time.time() - t_start
+            progress = max(step / cfg.steps, seconds / budget if budget else 0)
+            lr = learning_rate(cfg, step, progress)
+            loss_sum += train_step(sched, data, lr, ema_beta(cfg, step * cfg.batch))
+            step += 1
+            if step % cfg.log_every == 0:
+                loss = finite_or_stop(loss_sum)
+                loss_sum.zero_()
+                now = time.time()
+                rate = (step - step_last) * cfg.batch / (now - t_last)  # over the last interval
+                t_last, step_last, seconds = now, step, now - t_start
+                left = (cfg.steps - step) * cfg.batch / rate
+                left = min(left, budget - seconds) if budget else left
+                print(f"{cr}step {step}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                      f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
+                      end="" if cr else "\n", flush=True)
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                finite_or_stop(loss_sum)  # never save a state that went NaN
+                checkpoint()
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                write_training_grid(ema, sched, cfg, device, step)
+                t_last = time.time()  # keep the grid's time out of the images/s figure
+    except KeyboardInterrupt:
+        seconds = time.time() - t_start
+        print(f"\ninterrupted at step {step}: saving {ckpt_path}")
+        checkpoint()
+        sys.exit(130)
+    finite_or_stop(loss_sum)  # the steps since the last check must be finite too
+    seconds = time.time() - t_start
+    checkpoint()
+    write_training_grid(ema, sched, cfg, device, step)
+    print(f"\ndone: {step} steps in {fmt_time(seconds)}; wrote {ckpt_path}")
+
+
+def write_training_grid(ema, sched, cfg, device, step):
+    """64 samples from the EMA network with 100 respaced steps: a cheap look at progress."""
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
+    x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
+    write_grid(x, os.path.join(cfg.out, f"ddpm_train_step{step:07d}.png"))
+
+
+def fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def load_for_sampling(ckpt_path, given, device):
+    """The EMA network of a checkpoint, its config (with given flags on top) and its schedule."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = config_from(ckpt["config"], given)
+    check_config(cfg)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["ema"])
+    except (RuntimeError, KeyError) as e:
+        fail(f"{ckpt_path}: its weights do not fit its config ({str(e).splitlines()[0][:100]}) -- "
+             "do not pass network flags with --sample")
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    return model, cfg, sched, ckpt["step"]
+
+
+def sample_main(cfg_given, ckpt_path):
+    device = pick_device()
+    model, cfg, sched, step = load_for_sampling(ckpt_path, cfg_given, device)
+    net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
+    name = (f"{os.path.splitext(os.path.basename(ckpt_path))[0]}_step{step}_"
+            f"{cfg.var}{cfg.sample_steps or cfg.T}_seed{cfg.seed}")
+    os.makedirs(cfg.out, exist_ok=True)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    shape = (3, cfg.image_size, cfg.image_size)
+    images, t0 = [], time.time()
+    n_steps = cfg.sample_steps or cfg.T  # GIF frames: denser towards the end, where the details form
+    record = dict.fromkeys(np.unique((n_steps - np.geomspace(n_steps, 1, 40)).round().astype(int)))
+    for i in range(0, cfg.n, cfg.sample_batch):
+        b = min(cfg.sample_batch, cfg.n - i)
+        x = sample(net, sched, (b, *shape), cfg, device, gen, record=record if i == 0 else None)
+        images.append(to_uint8(x))
+        print(f"\rsampled {i + b}/{cfg.n} ({fmt_time(time.time() - t0)})", end="", flush=True)
+    images = np.concatenate(images)
+    print()
+    grid_path = os.path.join(cfg.out, f"{name}.png")
+    write_grid(torch.from_numpy(images[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1, grid_path)
+    write_gif(record, os.path.join(cfg.out, f"{name}.gif"))
+    print(f"wrote {grid_path} and {name}.gif")
+    if cfg.n > 64:
+        folder = os.path.join(cfg.out, f"{name}_n{cfg.n}")
+        os.makedirs(folder, exist_ok=True)
+        for k, im in enumerate(images):
+            Image.fromarray(im).save(os.path.join(folder, f"{k:06d}.png"))
+        print(f"wrote {cfg.n} PNGs to {folder}")
+
+
+def write_gif(record, path):
+    """The denoising trajectory: x_t (left) and the predicted x_0 (right) for the first 16 images."""
+    frames = [Image.fromarray(np.concatenate([grid_array(x_t, 4), grid_array(x0, 4)], axis=1))
+              for x_t, x0 in (record[k] for k in sorted(record))]
+    frames += [frames[-1]] * 12  # hold the result for a second
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=80, loop=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark: what one training step and one sampling step cost on this machine.
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def seconds_per_call(fn, device, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+def matmul_flops(device):
+    """Measured dense matmul rate (FLOP/s): bf16 8192^3 on CUDA, fp32 elsewhere; MFU's denominator."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n ** 3 / seconds_per_call(lambda: a @ b, device, reps=20)
+
+
+def bench(cfg):
+    from torch.utils.flop_counter import FlopCounterMode
+    device = pick_device()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else device.type
+    print(f"bench on {name}, torch {torch.__version__}, compile={cfg.compile}, batch {cfg.batch}, "
+          f"{cfg.image_size}px")
+    peak = matmul_flops(device)
+    torch.manual_seed(cfg.seed)
+    size = cfg.image_size
+    data = torch.randint(0, 256, (4096, size, size, 3), dtype=torch.uint8, device=device)
+    model, ema, opt, train_step = make_trainer(cfg, device)
+    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    with FlopCounterMode(display=False) as counter:  # matmul, conv and attention FLOPs of one step
+        diffusion_loss(model, sched, get_batch(data, cfg.batch, False), cfg).backward()
+    model.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    t0 = time.time()
+    train_step(sched, data, cfg.lr, 0.999)  # compiles on CUDA
+    sync(device)
+    print(f"first step (compile) {time.time() - t0:.1f} s")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reps = 50 if device.type == "cuda" else 2
+    dt = seconds_per_call(lambda: train_step(sched, data, cfg.lr, 0.999), device, reps, warmup=5)
+    mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    # Sampling: one network evaluation per image per step; 1000 steps make an image.
+    net = torch.compile(ema) if cfg.compile and device.type == "cuda" else ema
+    x = torch.randn(cfg.sample_batch, 3, size, size, device=device)
+    tt = torch.full((cfg.sample_batch,), cfg.T // 2, device=device)
+
+    def eval_step():
+        with torch.no_grad(), autocast(device):
+            net(x.contiguous(memory_format=torch.channels_last), tt)
+
+    ds = seconds_per_call(eval_step, device, reps=20 if device.type == "cuda" else 1)
+    print(f"model          {n_params:.1f}M parameters, {flops / cfg.batch / 3e9:.1f} GFLOP per image "
+          f"forward (flop_counter; training step = 3x)")
+    print(f"matmul peak    {peak / 1e12:.0f} TFLOP/s measured ({'bf16' if device.type == 'cuda' else 'fp32'})")
+    print(f"training       {cfg.batch / dt:,.0f} img/s, {dt * 1e3:.1f} ms/step, "
+          f"{flops / dt / 1e12:.0f} TFLOP/s, MFU {flops / dt / peak:.1%}, peak memory {mem:.1f} GiB")
+    print(f"sampling       {cfg.sample_batch / ds:,.0f} network evals/s at batch {cfg.sample_batch}: "
+          f"{cfg.sample_batch / ds / cfg.T:.1f} img/s with {cfg.T} steps, "
+          f"{cfg.sample_batch / ds / 50:.0f} img/s with 50")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: --train | --sample | --bench, and every Config field as a flag.
+
+
+def int_tuple(text):
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.error = lambda message: sys.exit(f"ddpm.py: {message} -- see python ddpm.py --help")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train (writes --ckpt, grids in --out)")
+    mode.add_argument("--sample", action="store_true", help="sample from --ckpt into --out")
+    mode.add_argument("--bench", action="store_true", help="time training and sampling steps")
+    p.add_argument("--ckpt", default="ddpm.pt", help="checkpoint path (default: ddpm.pt)")
+    p.add_argument("--resume", action="store_true", help="with --train: continue --ckpt")
+    for f in fields(Config):
+        kind = {bool: None, tuple: int_tuple}.get(type(f.default), type(f.default))
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        extra = dict(action=argparse.BooleanOptionalAction) if kind is None else dict(type=kind)
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS,
+                       help=f"{f.metadata['help']} (default: {shown})", **extra)
+    args = p.parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    return args, given
+
+
+def main(argv=None):
+    args, given = parse_args(argv)
+    if args.resume and not args.train:
+        fail("--resume goes with --train")
+    if args.sample:
+        return sample_main(given, args.ckpt)
+    state = load_checkpoint(args.ckpt) if args.resume else None
+    cfg = config_from(state["config"], given) if state else replace(Config(), **given)
+    check_config(cfg)
+    if args.bench:
+        return bench(cfg)
+    if not args.resume and os.path.exists(args.ckpt):
+        fail(f"{args.ckpt} exists -- add --resume to continue it, or --ckpt NEW.pt for a new run")
+    train(cfg, args.ckpt, state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""ddpm.py end to end on the CPU with a tiny network: train, sample, resume exactly, Ctrl-C, NaN, bad input."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddpm
+
+TINY = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--batch", "4", "--n-images", "16",
+        "--image-size", "16", "--T", "50", "--sample-every", "0", "--log-every", "1", "--warmup", "1",
+        "--sample-steps", "4"]
+
+
+def run(*argv):
+    return ddpm.main([*argv, *TINY])
+
+
+def error_of(argv):
+    """The one-line message ddpm.py stops with."""
+    with pytest.raises(SystemExit) as stop:
+        ddpm.main(argv)
+    message = str(stop.value.code)
+    assert "\n" not in message and message.startswith("ddpm.py: ")
+    return message
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_train_sample_resume(in_tmp):
+    run("--train", "--steps", "2")
+    ckpt = weights("ddpm.pt")
+    assert ckpt["kind"] == "ddpm" and ckpt["step"] == 2 and ckpt["config"]["ch"] == 16
+    assert os.path.exists("out/ddpm_train_step0000002.png")
+    ddpm.main(["--sample", "--ckpt", "ddpm.pt", "--n", "3"])  # no other flags needed
+    assert Image.open("out/ddpm_step2_small4_seed0.png").size[0] > 16
+    assert Image.open("out/ddpm_step2_small4_seed0.gif").n_frames > 2
+    ddpm.main(["--train", "--resume", "--steps", "3"])
+    assert weights("ddpm.pt")["step"] == 3
+
+
+def interrupt_at(monkeypatch, call):
+    """Make the training step raise KeyboardInterrupt (as Ctrl-C does) on its call-th call."""
+    make = ddpm.make_trainer
+
+    def patched(cfg, device):
+        model, ema, opt, step = make(cfg, device)
+        calls = []
+
+        def interrupted(*args):
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return step(*args)
+        return model, ema, opt, interrupted
+    monkeypatch.setattr(ddpm, "make_trainer", patched)
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(in_tmp, monkeypatch):
+    """4 steps in one go == 2 steps, Ctrl-C, --resume to 4: the same weights to the bit (CPU)."""
+    run("--train", "--steps", "4", "--ckpt", "straight.pt")
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(SystemExit) as stop:
+            run("--train", "--steps", "4", "--ckpt", "split.pt")
+        assert stop.value.code == 130
+    assert weights("split.pt")["step"] == 2
+    run("--train", "--resume", "--steps", "4", "--ckpt", "split.pt")
+    a, b = weights("straight.pt"), weights("split.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(in_tmp, monkeypatch):
+    loss = ddpm.diffusion_loss
+    calls = []
+
+    def nan_from_step_4(*args):
+        calls.append(1)
+        return loss(*args) * (float("nan") if len(calls) >= 4 else 1.0)
+    monkeypatch.setattr(ddpm, "diffusion_loss", nan_from_step_4)
+    # checks every 10 steps, saves every 2: the save at step 4 must check first, and refuse
+    message = error_of(["--train", "--steps", "10", *TINY, "--ckpt-every", "2", "--log-every", "10"])
+    assert "nan" in message.lower() and "ddpm.pt" in message
+    ckpt = weights("ddpm.pt")
+    assert ckpt["step"] == 2 and all(v.isfinite().all() for v in ckpt["model"].values())
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(in_tmp, monkeypatch):
+    run("--train", "--steps", "1")
+    before = weights("ddpm.pt")
+
+    def dies_halfway(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError):
+        ddpm.save_checkpoint("ddpm.pt", step=99)
+    assert weights("ddpm.pt")["step"] == before["step"]
+
+
+def test_bench_runs_on_cpu(in_tmp, capsys):
+    run("--bench")
+    out = capsys.readouterr().out
+    assert "MFU" in out and "img/s" in out
+
+
+def write_images(folder):
+    """One image per mode and format the loader must take, plus files it must skip or ignore."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 50, 3), np.uint8)
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    Image.fromarray(rgb).save(folder / "photo.jpg")
+    Image.fromarray(rgb).save(folder / "pic.webp")
+    Image.fromarray(rgb).save(folder / "pic.bmp")
+    Image.fromarray(rgb[:, :, 0]).save(folder / "grey.png")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    rgba = np.dstack([rgb, np.full((30, 50), 0, np.uint8)])  # fully transparent: white
+    Image.fromarray(rgba, "RGBA").save(folder / "clear.png")
+    Image.fromarray(np.full((40, 20), 65535, np.uint16)).save(folder / "deep16.png")  # 16-bit white
+    (folder / "sub").mkdir()
+    Image.fromarray(rgb).save(folder / "sub" / "nested.PNG")
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("ignored")
+
+
+def test_load_folder_takes_every_mode_and_counts_unreadable(tmp_path):
+    write_images(tmp_path / "imgs")
+    images, skipped = ddpm.load_folder(str(tmp_path / "imgs"), 16)
+    assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8 and skipped == 1
+    # sorted by path: clear.png, deep16.png, grey.png, ...; transparency and 16-bit white stay white
+    assert (images[0] == 255).all() and (images[1] == 255).all()
+
+
+def test_center_crop_keeps_the_middle(tmp_path):
+    """A wide image, red at the sides and blue in the middle square: the crop is all blue."""
+    (tmp_path / "d").mkdir()
+    im = np.zeros((40, 120, 3), np.uint8)
+    im[:, :, 0] = 255
+    im[:, 40:80] = (0, 0, 255)
+    Image.fromarray(im).save(tmp_path / "d" / "wide.png")
+    images, _ = ddpm.load_folder(str(tmp_path / "d"), 8)
+    assert images[0, :, 1:-1, 2].min() > 200 and images[0, :, 1:-1, 0].max() < 60
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--train", "--data", "no/such/dir"], "no such folder"),
+    (["--train", "--image-size", "60"], "multiple of 8"),
+    (["--train", "--lr", "-1"], "--lr"),
+    (["--train", "--schedule", "cosinus"], "linear or cosine"),
+    (["--train", "--prediction", "score"], "eps, x0 or v"),
+    (["--train", "--steps", "0"], "--steps"),
+    (["--train", "--sample-steps", "2000"], "--sample-steps"),
+    (["--train", "--ch-mult", "1,x"], "--ch-mult"),
+    (["--sample", "--ckpt", "missing.pt"], "no checkpoint"),
+    (["--sample", "--resume"], "--resume goes with --train"),
+    ([], "required"),
+])
+def test_bad_input_gets_one_clear_line(in_tmp, argv, says):
+    assert says in error_of(argv)
+
+
+def test_bad_folders_and_checkpoints(in_tmp):
+    (in_tmp / "empty").mkdir()
+    assert "no readable images" in error_of(["--train", "--data", "empty", *TINY])
+    (in_tmp / "junk").mkdir()
+    (in_tmp / "junk" / "a.png").write_bytes(b"\x89PNG broken")
+    assert "1 unreadable" in error_of(["--train", "--data", "junk", *TINY])
+    (in_tmp / "corrupt.pt").write_bytes(b"garbage")
+    assert "not a readable checkpoint" in error_of(["--sample", "--ckpt", "corrupt.pt"])
+    torch.save({"kind": "vae", "config": {}}, "vae.pt")
+    assert "vae checkpoint" in error_of(["--sample", "--ckpt", "vae.pt"])
+    torch.save({"weights": torch.zeros(3)}, "plain.pt")
+    assert "unknown checkpoint" in error_of(["--sample", "--ckpt", "plain.pt"])
+    run("--train", "--steps", "1")
+    assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
+    message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])
+    assert "does not fit" in message

@@ -1,0 +1,82 @@
+"""unet.py: shapes at 32, 64 and 128 px, the time input matters, zero-initialised outputs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet import Attention, ResBlock, UNet, timestep_embedding
+
+
+def randomise_zero_layers(net):
+    """The zero-initialised last layers make a new network output 0 for any input; undo that."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_shapes_at_each_resolution(size):
+    torch.manual_seed(0)
+    net = UNet(ch=32)  # the default layout, narrower, to keep the CPU test fast
+    x = torch.randn(2, 3, size, size)
+    assert net(x, torch.tensor([0, 999])).shape == (2, 3, size, size)
+
+
+def test_new_network_predicts_zero_and_time_changes_the_output():
+    torch.manual_seed(0)
+    net = UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,), dropout=0.0).eval()
+    x = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1)
+    assert net(x, torch.tensor([3, 700])).abs().max() == 0  # every residual branch starts at zero
+    randomise_zero_layers(net)
+    out = net(x, torch.tensor([3, 700]))
+    assert (out[0] - out[1]).abs().max() > 1e-3 * out.abs().max()
+    torch.testing.assert_close(net(x[:1], torch.tensor([3])), out[:1])  # and nothing else does
+
+
+def test_channels_last_gives_the_same_result():
+    torch.manual_seed(0)
+    net = UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,), dropout=0.0).eval()
+    randomise_zero_layers(net)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 500])
+    ref = net(x, t)
+    net = net.to(memory_format=torch.channels_last)
+    out = net(x.contiguous(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_timestep_embedding():
+    """[cos(t w_i), sin(t w_i)] with w_i = 10000^(-i/half): at t = 0 it is [1..1, 0..0]."""
+    e = timestep_embedding(torch.tensor([0.0, 10.0]), 8)
+    torch.testing.assert_close(e[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    w = 10_000 ** (-torch.arange(4) / 4)
+    torch.testing.assert_close(e[1], torch.cat([torch.cos(10 * w), torch.sin(10 * w)]))
+
+
+def test_resblock_is_adagn_between_two_convs():
+    """ResBlock(x, emb) = skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))) (1 + scale) + shift)), with
+    (scale, shift) = Linear(SiLU(emb)) (Dhariwal & Nichol 2021, Sec. 3), written out here with F ops."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, 12, dropout=0.0).eval()
+    randomise_zero_layers(block)
+    x, emb = torch.randn(2, 8, 6, 6), torch.randn(2, 12)
+    h = block.conv1(F.silu(F.group_norm(x, 8, block.norm1.weight, block.norm1.bias)))
+    scale, shift = (F.linear(F.silu(emb), block.emb.weight, block.emb.bias)).chunk(2, dim=1)
+    h = F.group_norm(h, 16, block.norm2.weight, block.norm2.bias) * (1 + scale[..., None, None])
+    h = h + shift[..., None, None]
+    ref = F.conv2d(x, block.skip.weight, block.skip.bias) + block.conv2(F.silu(h))
+    torch.testing.assert_close(block(x, emb), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_softmax_qk_v_per_head():
+    """x + proj(softmax(q k^T / sqrt(d)) v), per head of 64 channels, over the H*W positions."""
+    torch.manual_seed(0)
+    attn = Attention(128).eval()
+    randomise_zero_layers(attn)
+    x = torch.randn(2, 128, 3, 5)
+    h = F.group_norm(x, 32, attn.norm.weight, attn.norm.bias).flatten(2).transpose(1, 2)  # [B, HW, C]
+    q, k, v = attn.qkv(h).chunk(3, dim=2)
+    heads = [torch.softmax(q[..., i:i + 64] @ k[..., i:i + 64].transpose(1, 2) / 8, -1) @ v[..., i:i + 64]
+             for i in range(0, 128, 64)]
+    out = attn.proj(torch.cat(heads, dim=2)).transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(attn(x), x + out, rtol=1e-5, atol=1e-5)

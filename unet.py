@@ -1,0 +1,139 @@
+"""The U-Net noise predictor shared by ddpm.py (which trains it) and ddim.py (which samples from it).
+
+The architecture of DDPM (Ho et al. 2020, arXiv 2006.11239v2, Appendix B: a PixelCNN++-style U-Net with
+GroupNorm, sinusoidal time embedding and self-attention at low resolution), with two changes from
+"Diffusion Models Beat GANs" (Dhariwal & Nichol 2021, arXiv 2105.05233v4, Sec. 3): the time embedding
+scales and shifts the normalised activations (AdaGN), and attention is multi-head (64 channels a head).
+
+    net = UNet()                        # the 64x64 network that `python ddpm.py --train` trains
+    eps = net(x_t, t)                   # x_t [B, 3, H, W], t [B] integer steps -> [B, 3, H, W]
+
+H and W must be multiples of 2 ** (len(ch_mult) - 1): 8 for the default, so 32, 64 and 128 px all work.
+The last layer of every residual branch and the output layer start at zero, so a new network predicts 0
+and each block starts as the identity.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def group_norm(ch):
+    """GroupNorm with 32 groups where the width allows it (DDPM Appendix B)."""
+    return nn.GroupNorm(math.gcd(32, ch), ch)
+
+
+def zero(module):
+    """Zero a layer's parameters, so that its block starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding of the step t, as in the Transformer (Vaswani et al. 2017, Sec. 3.5).
+
+    t: [B] steps (ints or floats); returns [B, dim] = [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half).
+    """
+    half = dim // 2
+    w = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    tw = t.float()[:, None] * w[None]
+    return torch.cat([torch.cos(tw), torch.sin(tw)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding as a scale and shift in between (AdaGN)."""
+
+    def __init__(self, c_in, c_out, emb_dim, dropout):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2, self.drop = group_norm(c_out), nn.Dropout(dropout)
+        self.conv2 = zero(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift  # AdaGN: GroupNorm(h) (1 + y_s) + y_b
+        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, through F.scaled_dot_product_attention."""
+
+    def __init__(self, ch, head_dim=64):
+        super().__init__()
+        self.heads = max(1, ch // head_dim)
+        self.norm, self.qkv, self.proj = group_norm(ch), nn.Linear(ch, 3 * ch), zero(nn.Linear(ch, ch))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]; a view when x is channels_last
+        q, k, v = self.qkv(h).view(B, H * W, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): [B, C, H, W], [B] -> [B, C, H, W]. Defaults: 39.6M parameters."""
+
+    def __init__(self, in_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_levels=(2, 3),
+                 dropout=0.0):
+        super().__init__()
+        self.ch, emb_dim = ch, 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
+        # Encoder: at each level, residual blocks (with attention at attn_levels), then a stride-2
+        # conv. Every output is kept for the decoder's skip connections; `chans` tracks their widths.
+        self.down, chans, c = nn.ModuleList(), [ch], ch
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(self.block(c, ch * mult, emb_dim, dropout, level in attn_levels))
+                c = ch * mult
+                chans.append(c)
+            if level < len(ch_mult) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                chans.append(c)
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c),
+                                  ResBlock(c, c, emb_dim, dropout)])
+        # Decoder: one more block per level than the encoder, each taking a skip by concatenation.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(self.block(c + chans.pop(), ch * mult, emb_dim, dropout,
+                                          level in attn_levels))
+                c = ch * mult
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(c, c, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(c), nn.SiLU(), zero(nn.Conv2d(c, in_ch, 3, padding=1)))
+
+    @staticmethod
+    def block(c_in, c_out, emb_dim, dropout, attn):
+        layers = [ResBlock(c_in, c_out, emb_dim, dropout)] + ([Attention(c_out)] if attn else [])
+        return nn.ModuleList(layers)
+
+    def forward(self, x, t):
+        emb = self.time_mlp(timestep_embedding(t, self.ch))
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = self.run(layer, h, emb)
+            skips.append(h)
+        for layer in self.mid:
+            h = self.run(layer, h, emb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):  # a block: concatenate the matching skip first
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self.run(layer, h, emb)
+        return self.out(h)
+
+    @staticmethod
+    def run(layer, h, emb):
+        """Apply a conv, an up-sampler, a ResBlock, an Attention, or a block list of those."""
+        for m in layer if isinstance(layer, nn.ModuleList) else [layer]:
+            h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+        return h
