@@ -1,9 +1,9 @@
 """The built-in dataset: 2D cartoon avatar faces, drawn with Pillow.
 
-In the spirit of Google's Cartoon Set (https://google.github.io/cartoonset/): a flat-coloured head on a
-plain light background, with face shape, skin tone, hair style and colour, eyes, eyebrows, nose, mouth,
-glasses and facial hair drawn at random. Each face is drawn on a 256 px canvas and downsampled with an
-antialiasing filter, so edges are smooth at 32, 64 or 128 px.
+In the spirit of Google's Cartoon Set (https://google.github.io/cartoonset/): a flat-coloured head
+on a plain light background, with face shape, skin tone, hair style and colour, eyes, eyebrows,
+nose, mouth, glasses and facial hair drawn at random. Each face is drawn on a 256 px canvas and
+downsampled with an antialiasing filter, so edges are smooth at 32, 64 or 128 px.
 
     import cartoons
     x = cartoons.make(10_000, size=64, seed=0)      # uint8 [10000, 64, 64, 3]
@@ -11,8 +11,8 @@ antialiasing filter, so edges are smooth at 32, 64 or 128 px.
 
 Face i depends only on (seed, i): make(n) starts with make(k) for k < n, whatever n is. The discrete
 choices alone give 12 hair styles x 12 hair colours x 10 skin tones x 4 face shapes x 4 eye styles x
-5 iris colours x 4 brows x 3 noses x 5 mouths x 6 glasses x 5 facial hair = 3.7e9 combinations, before
-the continuous sizes, positions and colour jitter.
+5 iris colours x 4 brows x 3 noses x 5 mouths x 6 glasses x 5 facial hair = 3.7e9 combinations,
+before the continuous sizes, positions and colour jitter.
 """
 import argparse
 import multiprocessing
@@ -133,14 +133,18 @@ def draw_face(rng):
         else:              # arched
             d.arc([x - 15, by - 5, x + 15, by + 12], 200, 340, brow, 5)
         if eye_kind == 0:    # dots
-            d.ellipse([x - er * 0.5, eye_y - er * 0.6, x + er * 0.5, eye_y + er * 0.6], (30, 25, 25))
+            d.ellipse([x - er * 0.5, eye_y - er * 0.6, x + er * 0.5, eye_y + er * 0.6],
+                      (30, 25, 25))
         elif eye_kind == 3:  # closed, smiling
             d.arc([x - er, eye_y - er * 0.6, x + er, eye_y + er], 200, 340, (40, 30, 30), 3)
         else:                # open, with sclera, iris, pupil and a highlight; 2 adds lashes
-            d.ellipse([x - er * 1.3, eye_y - er, x + er * 1.3, eye_y + er], (255, 255, 255), line, 2)
+            d.ellipse([x - er * 1.3, eye_y - er, x + er * 1.3, eye_y + er], (255, 255, 255),
+                      line, 2)
             d.ellipse([x - er * 0.7, eye_y - er * 0.7, x + er * 0.7, eye_y + er * 0.7], iris)
-            d.ellipse([x - er * 0.35, eye_y - er * 0.35, x + er * 0.35, eye_y + er * 0.35], (15,) * 3)
-            d.ellipse([x - er * 0.45, eye_y - er * 0.55, x - er * 0.1, eye_y - er * 0.2], (255,) * 3)
+            d.ellipse([x - er * 0.35, eye_y - er * 0.35, x + er * 0.35, eye_y + er * 0.35],
+                      (15,) * 3)
+            d.ellipse([x - er * 0.45, eye_y - er * 0.55, x - er * 0.1, eye_y - er * 0.2],
+                      (255,) * 3)
             if eye_kind == 2:
                 d.line([(x + s * er * 1.2, eye_y - er * 0.6), (x + s * er * 1.7, eye_y - er * 1.1)],
                        (30, 25, 25), 3)

@@ -1,41 +1,42 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
 
-Trains the U-Net of unet.py to predict the noise added to cartoon faces (or your images) and samples
-new ones with ancestral sampling (Algorithm 2). One file: schedules, forward process, posterior, loss,
-training with EMA, sampling, benchmark.
+Trains the U-Net of unet.py to predict the noise added to cartoon faces (or your images) and draws
+new ones by ancestral sampling (Algorithm 2): schedules, forward process, posterior, loss, training
+with an EMA of the weights, sampling and a benchmark, in one file.
 
-    python ddpm.py --train                        # built-in cartoons, 64x64, writes ddpm.pt
-    python ddpm.py --train --data DIR             # a folder of your images
-    python ddpm.py --train --resume               # continue ddpm.pt where it stopped
-    python ddpm.py --sample --ckpt ddpm.pt --n 64 # grid, denoising GIF (and PNGs with --n > 64)
-    python ddpm.py --bench                        # images/s, MFU, memory of the default model
+    python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
+    python ddpm.py --train --data DIR              # a folder of your images
+    python ddpm.py --train --resume --steps 6000   # continue ddpm.pt where it stopped
+    python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
+    python ddpm.py --bench                         # images/s, MFU and memory of the default model
 
-Notation (code -> paper). Timesteps: code t = 0..T-1 is the paper's t = 1..T (t=0: one step of noise).
-    betas[t]               beta_t               variance of step t of the forward process
-    alphas[t]              alpha_t = 1 - beta_t
-    alphas_cumprod[t]      abar_t = prod_{s<=t} alpha_s
-    abar_prev              abar_{t-1}, equal to 1 before the first step (t_prev = -1)
-    eps, x0, x_t           epsilon, x_0, x_t    noise, data, noised data
-    v                      sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, arXiv 2202.00512)
-    snr                    abar_t / (1 - abar_t)
+Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
+    betas[t]            beta_t              variance of forward step t
+    alphas[t]           alpha_t = 1 - beta_t
+    alphas_cumprod[t]   abar_t = prod_{s <= t} alpha_s
+    abar_prev           abar of the step sampled next; 1 before the first step (t_prev = -1)
+    x0, eps, x_t        x_0, epsilon, x_t   data, noise, noised data
+    v                   sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, 2202.00512)
+    snr                 abar_t / (1 - abar_t)
 """
 import argparse
 import contextlib
 import copy
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from unet import UNet
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Config: every field is a command-line flag (--field-name) with this help text.
 
 
@@ -49,12 +50,12 @@ class Config:
     # data
     data: str = arg("", "folder of images to train on (any size or mode); empty: built-in cartoons")
     image_size: int = arg(64, "side of the square training images; a multiple of 8")
-    n_images: int = arg(10_000, "how many built-in cartoon faces to draw (ignored with --data)")
+    n_images: int = arg(10_000, "built-in cartoon faces to draw (ignored with --data)")
     # network (unet.py)
     ch: int = arg(128, "base channel count of the U-Net")
     ch_mult: tuple = arg((1, 2, 2, 2), "channel multiplier per resolution level, comma-separated")
     num_res_blocks: int = arg(2, "residual blocks per level")
-    attn_levels: tuple = arg((2, 3), "levels with self-attention (0 = full resolution)")
+    attn_levels: tuple = arg((2, 3), "levels with self-attention (0: full resolution)")
     dropout: float = arg(0.0, "dropout in the residual blocks (DDPM's 800k-step CIFAR-10 run: 0.1)")
     # diffusion
     T: int = arg(1000, "diffusion steps (DDPM: 1000)")
@@ -62,11 +63,11 @@ class Config:
     prediction: str = arg("eps", "what the network predicts: eps | x0 | v")
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0: off")
     # training
-    steps: int = arg(20_000, "optimizer steps")
+    steps: int = arg(3000, "optimizer steps (5 minutes on one H200, compile included)")
     minutes: float = arg(0.0, "wall-clock training budget, compile included; 0: run --steps")
     batch: int = arg(128, "training batch size")
-    lr: float = arg(2e-4, "peak learning rate of AdamW (DDPM: 2e-4)")
-    warmup: int = arg(500, "linear learning-rate warm-up steps")
+    lr: float = arg(4e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)")
+    warmup: int = arg(300, "linear learning-rate warm-up steps")
     lr_decay: str = arg("cosine", "after warm-up: cosine (to 0 at the end) | constant")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)")
@@ -76,39 +77,39 @@ class Config:
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed for training and sampling")
     log_every: int = arg(50, "steps between progress lines (each costs one host sync)")
-    sample_every: int = arg(2000, "steps between sample grids written to --out; 0: never")
-    ckpt_every: int = arg(2000, "steps between checkpoints (also written at the end and on Ctrl-C)")
+    sample_every: int = arg(1000, "steps between sample grids written to --out; 0: never")
+    ckpt_every: int = arg(1000, "steps between checkpoints (also written at the end and on Ctrl-C)")
     # sampling
-    n: int = arg(64, "images to sample; more than 64 also writes each one as a PNG (for FID)")
-    sample_steps: int = arg(0, "ancestral steps, fewer than T respace (IDDPM Sec. 4); 0: T "
-                            "(training grids: at most 100)")
+    n: int = arg(64, "images to sample; more than 64 also writes each as a PNG (for FID)")
+    sample_steps: int = arg(0, "ancestral steps; fewer than T respace the schedule (IDDPM Sec. 4); "
+                               "0: T (training grids take at most 100)")
     sample_batch: int = arg(256, "sampling batch size")
     var: str = arg("small", "reverse variance: small (beta tilde, Eq. 7) | large (beta)")
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
 
 
 def check_config(cfg):
-    """One clear line for each impossible value, before any work is done."""
+    """One clear line for the first impossible value, before any work is done."""
     levels = len(cfg.ch_mult)
-    problems = [
+    choices = dict(schedule=("linear", "cosine"), prediction=("eps", "x0", "v"),
+                   var=("small", "large"), lr_decay=("cosine", "constant"))
+    problems = [(getattr(cfg, k) not in v, f"--{k.replace('_', '-')} {getattr(cfg, k)}: use "
+                 + " | ".join(v)) for k, v in choices.items()]
+    problems += [
         (cfg.image_size < 8 or cfg.image_size % 2 ** (levels - 1),
          f"--image-size {cfg.image_size} must be a multiple of {2 ** (levels - 1)} "
          f"(the U-Net halves it {levels - 1} times)"),
-        (cfg.schedule not in ("linear", "cosine"), f"--schedule {cfg.schedule}: use linear or cosine"),
-        (cfg.prediction not in ("eps", "x0", "v"), f"--prediction {cfg.prediction}: use eps, x0 or v"),
-        (cfg.var not in ("small", "large"), f"--var {cfg.var}: use small or large"),
-        (cfg.lr_decay not in ("cosine", "constant"), f"--lr-decay {cfg.lr_decay}: cosine|constant"),
         (not 0 <= cfg.sample_steps <= cfg.T, f"--sample-steps must be between 0 and T={cfg.T}"),
-        (any(not 0 <= a < levels for a in cfg.attn_levels), f"--attn-levels must be in 0..{levels-1}"),
+        (any(not 0 <= a < levels for a in cfg.attn_levels),
+         f"--attn-levels must be in 0..{levels - 1}"),
         (not 0 <= cfg.dropout < 1, "--dropout must be in [0, 1)"),
-        (cfg.lr <= 0 or cfg.grad_clip <= 0, "--lr and --grad-clip must be positive"),
-    ]
-    positive = ["T", "steps", "batch", "ch", "num_res_blocks", "n", "sample_batch", "n_images",
-                "log_every"]
-    problems += [(getattr(cfg, k) < 1, f"--{k.replace('_', '-')} must be at least 1") for k in positive]
-    nonneg = ["minutes", "warmup", "weight_decay", "ema_halflife_kimg", "ema_rampup", "min_snr_gamma",
-              "sample_every", "ckpt_every"]
-    problems += [(getattr(cfg, k) < 0, f"--{k.replace('_', '-')} must not be negative") for k in nonneg]
+        (cfg.lr <= 0 or cfg.grad_clip <= 0, "--lr and --grad-clip must be positive")]
+    problems += [(getattr(cfg, k) < 1, f"--{k.replace('_', '-')} must be at least 1") for k in
+                 ("T", "steps", "batch", "ch", "num_res_blocks", "n", "sample_batch", "n_images",
+                  "log_every")]
+    problems += [(getattr(cfg, k) < 0, f"--{k.replace('_', '-')} must not be negative") for k in
+                 ("minutes", "warmup", "weight_decay", "ema_halflife_kimg", "ema_rampup",
+                  "min_snr_gamma", "sample_every", "ckpt_every")]
     for bad, message in problems:
         if bad:
             fail(message)
@@ -119,14 +120,15 @@ def fail(message):
     sys.exit(f"ddpm.py: {message}")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Data: uint8 [N, H, W, 3] held on the device, turned into [-1, 1] floats one batch at a time.
+# --------------------------------------------------------------------------------------------------
+# Data: uint8 [N, H, W, 3] held on the device, turned into [-1, 1] floats a batch at a time.
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def load_folder(path, size):
-    """Readable images under path as uint8 [N, size, size, 3], center-cropped; unreadable ones counted."""
+    """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
+    resized with an antialiasing filter; also returns how many files could not be read."""
     names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
                    if f.lower().endswith(IMAGE_EXTS))
     images, skipped = [], 0
@@ -134,12 +136,13 @@ def load_folder(path, size):
         try:
             with Image.open(name) as im:
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
-                    im = Image.fromarray((np.asarray(im, np.float64) / 257).clip(0, 255).astype(np.uint8))
+                    im = Image.fromarray((np.asarray(im) / 257).clip(0, 255).astype(np.uint8))
                 im = im.convert("RGBA")  # transparency (RGBA, LA, P) is composited onto white
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im).convert("RGB")
-                s = min(im.size)
-                box = ((im.width - s) // 2, (im.height - s) // 2, (im.width + s) // 2, (im.height + s) // 2)
-                images.append(np.asarray(im.resize((size, size), Image.LANCZOS, box=box)))
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
+                w, h, s = *im.size, min(im.size)
+                box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
+                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS,
+                                                                  box=box)))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
@@ -155,21 +158,21 @@ def load_data(cfg):
     images, skipped = load_folder(cfg.data, cfg.image_size)
     if len(images) == 0:
         fail(f"--data {cfg.data}: no readable images ({skipped} unreadable) -- pass a folder of "
-             f"{'/'.join(e[1:] for e in IMAGE_EXTS)} files")
+             "png/jpg/webp/bmp images")
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
     return images
 
 
 def get_batch(data, batch, flip):
     """A random batch from uint8 [N, H, W, 3] on the device -> float [B, 3, H, W] in [-1, 1]."""
-    idx = torch.randint(len(data), (batch,), device=data.device)
-    x = data[idx].permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
+    x = data[torch.randint(len(data), (batch,), device=data.device)]
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
     if flip:
         x = torch.where(torch.rand(batch, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
     return x
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Model
 
 
@@ -185,15 +188,15 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The math of DDPM. Schedules in float64, cast once to float32; x tensors are [B, C, H, W].
 
 
 def make_schedule(name, T):
     """betas, alphas, alphas_cumprod as float32 tensors [T] (DDPM Sec. 4; IDDPM Eq. 17)."""
-    if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so other T keep its shape
+    if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so any T keeps this shape
         betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
-    else:  # abar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) pi/2), beta <= 0.999 (IDDPM Eq. 17)
+    else:  # abar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2), beta <= 0.999 (IDDPM Eq. 17)
         s = 0.008
         f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * np.pi / 2) ** 2
         betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
@@ -224,8 +227,7 @@ def posterior(x0, x_t, abar_t, abar_prev):
 
     With alpha = abar_t / abar_prev and beta = 1 - alpha (one step: alpha_t and beta_t):
     mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t,
-    var = beta_tilde = (1 - abar_prev) / (1 - abar_t) beta.
-    abar_t, abar_prev: [B, 1, 1, 1].
+    var = beta_tilde = (1 - abar_prev) / (1 - abar_t) beta.     abar_t, abar_prev: [B, 1, 1, 1].
     """
     alpha = abar_t / abar_prev
     beta = 1 - alpha
@@ -249,9 +251,9 @@ def training_target(prediction, x0, eps, abar):
 
 
 def loss_weight(prediction, abar, gamma):
-    """Min-SNR-gamma weights, min(snr, gamma) / snr in eps units (Hang et al. 2023, Eq. 8-9).
+    """Min-SNR-gamma weights, min(snr, gamma) / snr in eps units (Hang et al. 2023, Eqs. 8-9).
 
-    In x0 units the weight is min(snr, gamma), in v units min(snr, gamma) / (snr + 1); gamma = 0: 1.
+    In x0 units the weight is min(snr, gamma), in v units min(snr, gamma) / (snr + 1); gamma 0: 1.
     """
     if gamma == 0:
         return torch.ones_like(abar)
@@ -263,9 +265,8 @@ def diffusion_loss(model, sched, x0, cfg):
     """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
     t = torch.randint(cfg.T, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
-    x_t = q_sample(sched, x0, t, eps)
     with autocast(x0.device):
-        out = model(x_t, t)
+        out = model(q_sample(sched, x0, t, eps), t)
     abar = abar_at(sched, t)
     target = training_target(cfg.prediction, x0, eps, bcast(abar, x0))
     mse = (out.float() - target).square().mean(dim=(1, 2, 3))
@@ -273,7 +274,7 @@ def diffusion_loss(model, sched, x0, cfg):
 
 
 def timesteps(T, steps):
-    """steps evenly spaced training steps from T-1 down to 0; all T when steps == T (IDDPM Sec. 4)."""
+    """steps evenly spaced steps from T-1 down to 0; all T when steps == T (IDDPM Sec. 4)."""
     return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
 
 
@@ -281,10 +282,10 @@ def timesteps(T, steps):
 def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
     """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0.
 
-    model(x_t, t) returns the prediction named by cfg.prediction. Each step sets x0 from it (clipped
-    to [-1, 1] for images) and takes the posterior mean (Eq. 7) with variance beta_tilde (small) or
-    beta (large); no noise is added at the last step. record, a dict {step index: None}, receives
-    (x_t, x0) of the first 16 images at those indices.
+    model(x_t, t) returns the prediction named by cfg.prediction. Each step reads x0 from it
+    (clipped to [-1, 1] for images) and takes the posterior mean (Eq. 7) with variance beta_tilde
+    (small) or beta (large); the last step adds no noise. record, a dict {step index: None},
+    receives (x_t, x0) of the first 16 images at those indices.
     """
     x = torch.randn(shape, device=device, generator=generator)
     ts = timesteps(cfg.T, cfg.sample_steps or cfg.T).tolist()
@@ -308,34 +309,33 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
     return x
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training
 
 
 def save_checkpoint(path, **state):
-    """torch.save to a temporary file, then rename: a crash mid-save keeps the previous file whole."""
+    """torch.save to a temporary file, then rename: a crash mid-save keeps the previous file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    with open(f"{path}.tmp", "wb") as f:
         torch.save(dict(kind="ddpm", **state), f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(f"{path}.tmp", path)
 
 
 def load_checkpoint(path):
     """A ddpm.py checkpoint as a dict, or one clear line saying why not."""
     if not os.path.isfile(path):
-        fail(f"no checkpoint at {path} -- train one with `python ddpm.py --train` or pass --ckpt PATH")
+        fail(f"no checkpoint at {path} -- train one with `python ddpm.py --train` or pass --ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         fail(f"{path} is not a readable checkpoint ({type(e).__name__}) -- it may be truncated or "
              "not a PyTorch file; retrain or pass another --ckpt")
-    kind = ckpt.get("kind", "unknown") if isinstance(ckpt, dict) else "unknown"
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
     if kind != "ddpm":
-        fail(f"{path} is a {kind} checkpoint, not a ddpm.py one -- pass a checkpoint written by "
-             "`python ddpm.py --train`")
+        fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
+             " not a ddpm.py one -- pass a checkpoint written by `python ddpm.py --train`")
     return ckpt
 
 
@@ -348,6 +348,8 @@ def config_from(saved, given):
 
 def pick_device():
     if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its conv algorithms
+        torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         print("no CUDA GPU: using Apple MPS (float32, no torch.compile)")
@@ -359,12 +361,12 @@ def pick_device():
 def learning_rate(cfg, step, progress):
     """Linear warm-up, then constant or cosine decay to 0 at progress = 1."""
     warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
-    decay = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) if cfg.lr_decay == "cosine" else 1.0
-    return cfg.lr * warm * decay
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * warm * (cosine if cfg.lr_decay == "cosine" else 1.0)
 
 
 def ema_beta(cfg, nimg):
-    """Decay per step for an EMA half-life of ema_halflife_kimg, ramped up early (EDM, App. F)."""
+    """Decay per step for an EMA half-life of ema_halflife_kimg, shorter early on (EDM App. F)."""
     halflife = cfg.ema_halflife_kimg * 1000
     if cfg.ema_rampup:
         halflife = min(halflife, nimg * cfg.ema_rampup)
@@ -394,26 +396,6 @@ def make_trainer(cfg, device):
     return model, ema, opt, step
 
 
-def grid_array(images, cols=8):
-    """float [-1, 1] [N, 3, H, W] -> uint8 [rows*(H+2)+2, cols*(W+2)+2, 3], 2 px white gaps."""
-    x = to_uint8(images)
-    n, h, w, _ = x.shape
-    rows = -(-n // cols)
-    canvas = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
-    for k in range(n):
-        r, c = divmod(k, cols)
-        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = x[k]
-    return canvas
-
-
-def write_grid(images, path, cols=8):
-    Image.fromarray(grid_array(images, cols)).save(path)
-
-
-def to_uint8(x):
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 def train(cfg, ckpt_path, state=None):
     """Algorithm 1 with AdamW, EMA and checkpoints; state: a checkpoint to continue from."""
     device = pick_device()
@@ -428,80 +410,91 @@ def train(cfg, ckpt_path, state=None):
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
         except (RuntimeError, KeyError, ValueError) as e:
-            fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:120]}) -- resume "
-                 "without changing the network flags")
+            fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
+                 "resume without changing the network flags")
         step, seconds = state["step"], state["seconds"]
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         print(f"resumed {ckpt_path} at step {step}")
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"training on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else ''}): "
-          f"{len(data)} images {cfg.image_size}px, {n_params / 1e6:.1f}M parameters, batch {cfg.batch}")
+    gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
+    print(f"training on {device}{gpu}: {len(data)} images {cfg.image_size}px, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {cfg.batch}"
+          + (", compiling the network first (a minute or two)" if cfg.compile and gpu else ""))
     os.makedirs(cfg.out, exist_ok=True)
 
     def checkpoint():
         rng = dict(rng_cpu=torch.get_rng_state())
         if device.type == "cuda":
             rng["rng_cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(),
-                        ema=ema.state_dict(), opt=opt.state_dict(), step=step, seconds=seconds, **rng)
+        save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(), step=step,
+                        ema=ema.state_dict(), opt=opt.state_dict(), seconds=seconds, **rng)
 
-    def finite_or_stop(loss_sum):
-        """The one host sync: the summed loss since the last check is NaN if any step's was."""
-        loss = loss_sum.item() / cfg.log_every
+    def finite_or_stop(loss_sum, steps):
+        """The host sync: the loss summed since the last check is NaN if any step's was."""
+        loss = loss_sum.item() / max(steps, 1)
         if not math.isfinite(loss):
-            print()
-            fail(f"the loss became {loss} near step {step}; stopped without saving, so {ckpt_path} "
-                 "keeps the last good state -- lower --lr or raise --warmup, then --resume")
+            fail(f"the loss became {loss} near step {step}; stopped without saving, so "
+                 f"{ckpt_path} keeps the last good state -- lower --lr or raise --warmup, then "
+                 "--resume")
         return loss
 
-    budget = cfg.minutes * 60
+    budget, start = cfg.minutes * 60, step
     t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
-    t_last, step_last = time.time(), step
+    t_last, step_last, checked = time.time(), step, step
     loss_sum, cr = torch.zeros((), device=device), "\r" if sys.stdout.isatty() else ""
-    try:
-        while step < cfg.steps and (not budget or time.time() - t_start < budget):
-            seconds = time.time() - t_start
-            progress = max(step / cfg.steps, seconds / budget if budget else 0)
-            lr = learning_rate(cfg, step, progress)
-            loss_sum += train_step(sched, data, lr, ema_beta(cfg, step * cfg.batch))
-            step += 1
-            if step % cfg.log_every == 0:
-                loss = finite_or_stop(loss_sum)
-                loss_sum.zero_()
-                now = time.time()
-                rate = (step - step_last) * cfg.batch / (now - t_last)  # over the last interval
-                t_last, step_last, seconds = now, step, now - t_start
-                left = (cfg.steps - step) * cfg.batch / rate
-                left = min(left, budget - seconds) if budget else left
-                print(f"{cr}step {step}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                      f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
-                      end="" if cr else "\n", flush=True)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                finite_or_stop(loss_sum)  # never save a state that went NaN
-                checkpoint()
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                write_training_grid(ema, sched, cfg, device, step)
-                t_last = time.time()  # keep the grid's time out of the images/s figure
-    except KeyboardInterrupt:
+    stop = []  # Ctrl-C finishes the step in flight, then saves; a second Ctrl-C stops at once
+
+    def on_ctrl_c(*_):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(1)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    while step < cfg.steps and (not budget or time.time() - t_start < budget) and not stop:
         seconds = time.time() - t_start
-        print(f"\ninterrupted at step {step}: saving {ckpt_path}")
-        checkpoint()
-        sys.exit(130)
-    finite_or_stop(loss_sum)  # the steps since the last check must be finite too
+        progress = max(step / cfg.steps, seconds / budget if budget else 0)
+        lr = learning_rate(cfg, step, progress)
+        loss_sum += train_step(sched, data, lr, ema_beta(cfg, step * cfg.batch))
+        step += 1
+        if step == start + 1:  # the first step compiled: time the ones after it
+            t_last, step_last = time.time(), step
+        if step % cfg.log_every == 0 or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            loss = finite_or_stop(loss_sum, step - checked)  # never log or save a NaN
+            loss_sum.zero_()
+            checked = step
+        if step % cfg.log_every == 0:
+            now = time.time()
+            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9)
+            t_last, step_last, seconds = now, step, now - t_start
+            left = (cfg.steps - step) * cfg.batch / max(rate, 1e-9)
+            left = min(left, budget - seconds) if budget else left
+            print(f"{cr}step {step}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                  f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
+                  end="" if cr else "\n", flush=True)
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+            checkpoint()
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            write_training_grid(ema, sched, cfg, device, step)
+            t_last = time.time()  # keep the grid's time out of the images/s figure
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, previous)
+    finite_or_stop(loss_sum, step - checked)  # the steps since the last check must be finite too
     seconds = time.time() - t_start
     checkpoint()
+    if stop:
+        print(f"\ninterrupted at step {step}: saved {ckpt_path}; continue with --resume")
+        sys.exit(130)
     write_training_grid(ema, sched, cfg, device, step)
     print(f"\ndone: {step} steps in {fmt_time(seconds)}; wrote {ckpt_path}")
 
 
 def write_training_grid(ema, sched, cfg, device, step):
-    """64 samples from the EMA network with 100 respaced steps: a cheap look at progress."""
-    gen = torch.Generator(device).manual_seed(cfg.seed)
+    """64 samples from the EMA network with at most 100 respaced steps: a look at progress."""
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
+    gen = torch.Generator(device).manual_seed(cfg.seed)
     x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
-    write_grid(x, os.path.join(cfg.out, f"ddpm_train_step{step:07d}.png"))
+    Image.fromarray(grid_array(x)).save(os.path.join(cfg.out, f"ddpm_train_step{step:07d}.png"))
 
 
 def fmt_time(s):
@@ -509,12 +502,29 @@ def fmt_time(s):
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sampling
 
 
-def load_for_sampling(ckpt_path, given, device):
-    """The EMA network of a checkpoint, its config (with given flags on top) and its schedule."""
+def to_uint8(x):
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid_array(images, cols=8):
+    """float [-1, 1] [N, 3, H, W] -> uint8 [rows*(H+2)+2, cols*(W+2)+2, 3], 2 px white gaps."""
+    x = to_uint8(images)
+    n, h, w, _ = x.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = x[k]
+    return canvas
+
+
+def sample_main(given, ckpt_path):
+    """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
+    device = pick_device()
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from(ckpt["config"], given)
     check_config(cfg)
@@ -522,36 +532,34 @@ def load_for_sampling(ckpt_path, given, device):
     try:
         model.load_state_dict(ckpt["ema"])
     except (RuntimeError, KeyError) as e:
-        fail(f"{ckpt_path}: its weights do not fit its config ({str(e).splitlines()[0][:100]}) -- "
-             "do not pass network flags with --sample")
+        fail(f"{ckpt_path}: its weights do not fit its config ({str(e).splitlines()[0][:100]}) "
+             "-- do not pass network flags with --sample")
     model = model.to(device, memory_format=torch.channels_last).eval()
-    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
-    return model, cfg, sched, ckpt["step"]
-
-
-def sample_main(cfg_given, ckpt_path):
-    device = pick_device()
-    model, cfg, sched, step = load_for_sampling(ckpt_path, cfg_given, device)
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
-    name = (f"{os.path.splitext(os.path.basename(ckpt_path))[0]}_step{step}_"
-            f"{cfg.var}{cfg.sample_steps or cfg.T}_seed{cfg.seed}")
-    os.makedirs(cfg.out, exist_ok=True)
+    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    steps = cfg.sample_steps or cfg.T
+    name = f"{os.path.splitext(os.path.basename(ckpt_path))[0]}_step{ckpt['step']}_" \
+           f"{cfg.var}{steps}_seed{cfg.seed}"
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    shape = (3, cfg.image_size, cfg.image_size)
+    # GIF frames at these step indices: denser towards the end, where the details form
+    record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
     images, t0 = [], time.time()
-    n_steps = cfg.sample_steps or cfg.T  # GIF frames: denser towards the end, where the details form
-    record = dict.fromkeys(np.unique((n_steps - np.geomspace(n_steps, 1, 40)).round().astype(int)))
-    for i in range(0, cfg.n, cfg.sample_batch):
-        b = min(cfg.sample_batch, cfg.n - i)
-        x = sample(net, sched, (b, *shape), cfg, device, gen, record=record if i == 0 else None)
-        images.append(to_uint8(x))
-        print(f"\rsampled {i + b}/{cfg.n} ({fmt_time(time.time() - t0)})", end="", flush=True)
+    for i in range(0, cfg.n, cfg.sample_batch):  # full batches only: one compiled shape
+        x = sample(net, sched, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), cfg,
+                   device, gen, record=record if i == 0 else None)
+        images.append(to_uint8(x[:cfg.n - i]))
+        print(f"\rsampled {min(i + cfg.sample_batch, cfg.n)}/{cfg.n} "
+              f"({fmt_time(time.time() - t0)})", end="", flush=True)
     images = np.concatenate(images)
-    print()
-    grid_path = os.path.join(cfg.out, f"{name}.png")
-    write_grid(torch.from_numpy(images[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1, grid_path)
-    write_gif(record, os.path.join(cfg.out, f"{name}.gif"))
-    print(f"wrote {grid_path} and {name}.gif")
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, f"{name}.png")
+    Image.fromarray(grid_array(torch.from_numpy(images[:64]).permute(0, 3, 1, 2) / 127.5 - 1))\
+        .save(path)
+    frames = [Image.fromarray(np.concatenate([grid_array(x_t, 4), grid_array(x0, 4)], axis=1))
+              for x_t, x0 in (record[k] for k in sorted(record))]  # x_t | predicted x_0
+    frames[0].save(os.path.join(cfg.out, f"{name}.gif"), save_all=True, duration=80, loop=0,
+                   append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
+    print(f"\nwrote {path} and {name}.gif")
     if cfg.n > 64:
         folder = os.path.join(cfg.out, f"{name}_n{cfg.n}")
         os.makedirs(folder, exist_ok=True)
@@ -560,16 +568,8 @@ def sample_main(cfg_given, ckpt_path):
         print(f"wrote {cfg.n} PNGs to {folder}")
 
 
-def write_gif(record, path):
-    """The denoising trajectory: x_t (left) and the predicted x_0 (right) for the first 16 images."""
-    frames = [Image.fromarray(np.concatenate([grid_array(x_t, 4), grid_array(x0, 4)], axis=1))
-              for x_t, x0 in (record[k] for k in sorted(record))]
-    frames += [frames[-1]] * 12  # hold the result for a second
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=80, loop=0)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Benchmark: what one training step and one sampling step cost on this machine.
+# --------------------------------------------------------------------------------------------------
+# Benchmark: what a training step and a sampling step cost on this machine.
 
 
 def sync(device):
@@ -590,60 +590,60 @@ def seconds_per_call(fn, device, reps, warmup=3):
     return (time.perf_counter() - t0) / reps
 
 
-def matmul_flops(device):
-    """Measured dense matmul rate (FLOP/s): bf16 8192^3 on CUDA, fp32 elsewhere; MFU's denominator."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n ** 3 / seconds_per_call(lambda: a @ b, device, reps=20)
-
-
 def bench(cfg):
+    """Training images/s and MFU (eager, then compiled), peak memory, sampling evals/s.
+
+    MFU = FLOPs of a step (torch.utils.flop_counter: matmuls, convolutions, attention) / its time /
+    the dense bf16 matmul rate measured here (8192^3; fp32 off CUDA)."""
     from torch.utils.flop_counter import FlopCounterMode
     device = pick_device()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else device.type
-    print(f"bench on {name}, torch {torch.__version__}, compile={cfg.compile}, batch {cfg.batch}, "
-          f"{cfg.image_size}px")
-    peak = matmul_flops(device)
+    cuda = device.type == "cuda"
+    n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    peak = 2 * n ** 3 / seconds_per_call(lambda: a @ b, device, reps=20)
+    print(f"bench on {torch.cuda.get_device_name() if cuda else device.type}, torch "
+          f"{torch.__version__}, batch {cfg.batch}, {cfg.image_size}px; matmul peak "
+          f"{peak / 1e12:.0f} TFLOP/s measured ({'bf16' if cuda else 'fp32'})")
     torch.manual_seed(cfg.seed)
-    size = cfg.image_size
-    data = torch.randint(0, 256, (4096, size, size, 3), dtype=torch.uint8, device=device)
-    model, ema, opt, train_step = make_trainer(cfg, device)
+    data = torch.randint(0, 256, (4096, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                         device=device)
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
-    with FlopCounterMode(display=False) as counter:  # matmul, conv and attention FLOPs of one step
-        diffusion_loss(model, sched, get_batch(data, cfg.batch, False), cfg).backward()
-    model.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
-    t0 = time.time()
-    train_step(sched, data, cfg.lr, 0.999)  # compiles on CUDA
-    sync(device)
-    print(f"first step (compile) {time.time() - t0:.1f} s")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    reps = 50 if device.type == "cuda" else 2
-    dt = seconds_per_call(lambda: train_step(sched, data, cfg.lr, 0.999), device, reps, warmup=5)
-    mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
-    n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    # Sampling: one network evaluation per image per step; 1000 steps make an image.
-    net = torch.compile(ema) if cfg.compile and device.type == "cuda" else ema
-    x = torch.randn(cfg.sample_batch, 3, size, size, device=device)
-    tt = torch.full((cfg.sample_batch,), cfg.T // 2, device=device)
+    for compiled in [False, True] if cfg.compile and cuda else [False]:
+        model, ema, opt, train_step = make_trainer(replace(cfg, compile=compiled), device)
+        if not compiled:
+            with FlopCounterMode(display=False) as counter:
+                diffusion_loss(model, sched, get_batch(data, cfg.batch, False), cfg).backward()
+            model.zero_grad(set_to_none=True)
+            flops = counter.get_total_flops()
+            print(f"model    {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+                  f"{flops / cfg.batch / 3e9:.1f} GFLOP per image forward (a training step: 3x)")
+        t0 = time.time()
+        train_step(sched, data, cfg.lr, 0.999)
+        sync(device)
+        first = time.time() - t0  # compilation, cuDNN autotuning
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        dt = seconds_per_call(lambda: train_step(sched, data, cfg.lr, 0.999), device,
+                              reps=50 if cuda else 2, warmup=5)
+        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+        print(f"training {'compiled' if compiled else 'eager   '} {cfg.batch / dt:,.0f} img/s, "
+              f"{dt * 1e3:.1f} ms/step, {flops / dt / 1e12:.0f} TFLOP/s, MFU "
+              f"{flops / dt / peak:.1%}, peak memory {mem:.1f} GiB (first step {first:.0f} s)",
+              flush=True)
+    net = torch.compile(ema) if cfg.compile and cuda else ema  # sampling: network evaluations
+    x = torch.randn(cfg.sample_batch, 3, cfg.image_size, cfg.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.full((cfg.sample_batch,), cfg.T // 2, device=device)
 
-    def eval_step():
+    def evaluate():
         with torch.no_grad(), autocast(device):
-            net(x.contiguous(memory_format=torch.channels_last), tt)
-
-    ds = seconds_per_call(eval_step, device, reps=20 if device.type == "cuda" else 1)
-    print(f"model          {n_params:.1f}M parameters, {flops / cfg.batch / 3e9:.1f} GFLOP per image "
-          f"forward (flop_counter; training step = 3x)")
-    print(f"matmul peak    {peak / 1e12:.0f} TFLOP/s measured ({'bf16' if device.type == 'cuda' else 'fp32'})")
-    print(f"training       {cfg.batch / dt:,.0f} img/s, {dt * 1e3:.1f} ms/step, "
-          f"{flops / dt / 1e12:.0f} TFLOP/s, MFU {flops / dt / peak:.1%}, peak memory {mem:.1f} GiB")
-    print(f"sampling       {cfg.sample_batch / ds:,.0f} network evals/s at batch {cfg.sample_batch}: "
-          f"{cfg.sample_batch / ds / cfg.T:.1f} img/s with {cfg.T} steps, "
-          f"{cfg.sample_batch / ds / 50:.0f} img/s with 50")
+            net(x, t)
+    ds = seconds_per_call(evaluate, device, reps=20 if cuda else 1)
+    print(f"sampling {cfg.sample_batch / ds:,.0f} network evals/s at batch {cfg.sample_batch}: "
+          f"{cfg.sample_batch / ds / cfg.T:.1f} img/s with {cfg.T} steps")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line: --train | --sample | --bench, and every Config field as a flag.
 
 
@@ -667,8 +667,7 @@ def parse_args(argv=None):
         p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default: {shown})", **extra)
     args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
-    return args, given
+    return args, {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
 
 
 def main(argv=None):

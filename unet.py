@@ -1,16 +1,17 @@
-"""The U-Net noise predictor shared by ddpm.py (which trains it) and ddim.py (which samples from it).
+"""U-Net noise predictor shared by ddpm.py (which trains it) and ddim.py (which samples from it).
 
-The architecture of DDPM (Ho et al. 2020, arXiv 2006.11239v2, Appendix B: a PixelCNN++-style U-Net with
-GroupNorm, sinusoidal time embedding and self-attention at low resolution), with two changes from
-"Diffusion Models Beat GANs" (Dhariwal & Nichol 2021, arXiv 2105.05233v4, Sec. 3): the time embedding
-scales and shifts the normalised activations (AdaGN), and attention is multi-head (64 channels a head).
+The architecture of DDPM (Ho et al. 2020, arXiv 2006.11239v2, Appendix B: a PixelCNN++-style U-Net
+with GroupNorm, sinusoidal time embedding and self-attention at low resolution), with two changes
+from "Diffusion Models Beat GANs" (Dhariwal & Nichol 2021, arXiv 2105.05233v4, Sec. 3): the time
+embedding scales and shifts the normalised activations (AdaGN), and attention is multi-head
+(64 channels a head).
 
     net = UNet()                        # the 64x64 network that `python ddpm.py --train` trains
     eps = net(x_t, t)                   # x_t [B, 3, H, W], t [B] integer steps -> [B, 3, H, W]
 
-H and W must be multiples of 2 ** (len(ch_mult) - 1): 8 for the default, so 32, 64 and 128 px all work.
-The last layer of every residual branch and the output layer start at zero, so a new network predicts 0
-and each block starts as the identity.
+H and W must be multiples of 2 ** (len(ch_mult) - 1): 8 for the default, so 32, 64 and 128 px all
+work. The last layer of every residual branch and the output layer start at zero, so a new network
+predicts 0 and each block starts as the identity.
 """
 import math
 
@@ -34,16 +35,18 @@ def zero(module):
 def timestep_embedding(t, dim):
     """Sinusoidal embedding of the step t, as in the Transformer (Vaswani et al. 2017, Sec. 3.5).
 
-    t: [B] steps (ints or floats); returns [B, dim] = [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half).
+    t: [B] steps (ints or floats); returns [B, dim] = [cos(t w_i), sin(t w_i)],
+    w_i = 10000^(-i/half).
     """
     half = dim // 2
-    w = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    w = torch.exp(-math.log(10_000)
+                  * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     tw = t.float()[:, None] * w[None]
     return torch.cat([torch.cos(tw), torch.sin(tw)], dim=1)
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time embedding as a scale and shift in between (AdaGN)."""
+    """GroupNorm-SiLU-conv twice, with the time embedding as scale and shift in between (AdaGN)."""
 
     def __init__(self, c_in, c_out, emb_dim, dropout):
         super().__init__()
@@ -66,7 +69,8 @@ class Attention(nn.Module):
     def __init__(self, ch, head_dim=64):
         super().__init__()
         self.heads = max(1, ch // head_dim)
-        self.norm, self.qkv, self.proj = group_norm(ch), nn.Linear(ch, 3 * ch), zero(nn.Linear(ch, ch))
+        self.norm, self.qkv, self.proj = (group_norm(ch), nn.Linear(ch, 3 * ch),
+                                          zero(nn.Linear(ch, ch)))
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -84,10 +88,12 @@ class UNet(nn.Module):
                  dropout=0.0):
         super().__init__()
         self.ch, emb_dim = ch, 4 * ch
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
-        # Encoder: at each level, residual blocks (with attention at attn_levels), then a stride-2
-        # conv. Every output is kept for the decoder's skip connections; `chans` tracks their widths.
+        # Encoder: at each level, residual blocks (with attention at attn_levels), then a
+        # stride-2 conv. Every output is kept for the decoder's skip connections; `chans` tracks
+        # their widths.
         self.down, chans, c = nn.ModuleList(), [ch], ch
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):

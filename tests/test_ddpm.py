@@ -1,7 +1,8 @@
 """DDPM's math against closed forms and Monte Carlo estimates, and ddpm.py's command line.
 
-Every statistical check is seeded and its tolerance is 5 standard errors of the estimate: for a mean of M
-draws with variance v, se = sqrt(v / M); for a variance estimate, se = v sqrt(2 / (M - 1)) (Gaussian).
+Every statistical check is seeded and its tolerance is 5 standard errors of the estimate: for a
+mean of M draws with variance v, se = sqrt(v / M); for a variance estimate,
+se = v sqrt(2 / (M - 1)) (Gaussian).
 """
 import math
 
@@ -15,7 +16,7 @@ Z = 5.0  # tolerances are Z standard errors
 
 
 def moments_ok(samples, mean, var, what):
-    """Sample mean and variance of a 1-D float64 tensor against closed forms, within Z standard errors."""
+    """Mean and variance of a 1-D float64 sample against closed forms, within Z standard errors."""
     M = samples.numel()
     m, v = samples.mean().item(), samples.var().item()
     assert abs(m - mean) < Z * math.sqrt(var / M), f"{what}: mean {m:.5f} vs {mean:.5f}"
@@ -24,9 +25,9 @@ def moments_ok(samples, mean, var, what):
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_forward_process_matches_q_xt_given_x0(schedule):
-    """Run the Markov chain x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (DDPM Eq. 2) step by step
-    from a fixed x0 and compare x_t at several t with q(x_t | x0) = N(sqrt(abar_t) x0, 1 - abar_t)
-    as ddpm.q_sample draws it (Eq. 4). 100,000 chains."""
+    """Run the Markov chain x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (DDPM Eq. 2) step
+    by step from a fixed x0 and compare x_t at several t with q(x_t | x0) =
+    N(sqrt(abar_t) x0, 1 - abar_t) as ddpm.q_sample draws it (Eq. 4). 100,000 chains."""
     T, M, x0 = 1000, 100_000, 0.8
     sched = ddpm.make_schedule(schedule, T)
     gen = torch.Generator().manual_seed(0)
@@ -34,7 +35,8 @@ def test_forward_process_matches_q_xt_given_x0(schedule):
     x = torch.full((M,), x0, dtype=torch.float64)
     check = {0, 1, 9, 99, 499, 999}
     for t in range(T):
-        x = (1 - betas[t]).sqrt() * x + betas[t].sqrt() * torch.randn(M, generator=gen, dtype=torch.float64)
+        x = ((1 - betas[t]).sqrt() * x
+             + betas[t].sqrt() * torch.randn(M, generator=gen, dtype=torch.float64))
         if t in check:  # q_sample is affine in eps: its mean at eps = 0, its std at x0 = 0, eps = 1
             tt = torch.tensor([t])
             mean = ddpm.q_sample(sched, torch.full((1, 1), x0), tt, torch.zeros(1, 1)).item()
@@ -47,8 +49,9 @@ def test_forward_process_matches_q_xt_given_x0(schedule):
 def test_posterior_matches_regression_of_joint_samples(schedule, t, t_prev):
     """Draw (x_prev, x_t) | x0 from the forward process, regress x_prev on x_t, and compare slope,
     intercept and residual variance with q(x_prev | x_t, x0) = N(c0 x0 + c1 x_t, beta_tilde) (DDPM
-    Eqs. 6-7; a skip t -> t_prev as in IDDPM's respacing). OLS standard errors: se(slope) = s/sqrt(Sxx),
-    se(intercept) = s sqrt(1/M + xbar^2/Sxx), se(s^2) = s^2 sqrt(2/(M-2)). 400,000 pairs."""
+    Eqs. 6-7; a skip t -> t_prev as in IDDPM's respacing). OLS standard errors:
+    se(slope) = s/sqrt(Sxx), se(intercept) = s sqrt(1/M + xbar^2/Sxx), se(s^2) = s^2 sqrt(2/(M-2)).
+    400,000 pairs."""
     M, x0 = 400_000, -0.6
     sched = ddpm.make_schedule(schedule, 1000)
     a_t = ddpm.abar_at(sched, torch.tensor([t])).double()
@@ -74,9 +77,10 @@ def test_posterior_matches_regression_of_joint_samples(schedule, t, t_prev):
 
 
 def oracle(prediction, sched, mu, s):
-    """The exact minimiser of L_simple for data ~ N(mu, s^2 I): x_t ~ N(sqrt(abar) mu, abar s^2 + 1 -
-    abar), so E[x0 | x_t] = mu + sqrt(abar) s^2 (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar), and the
-    eps and v predictors follow from Eq. 4 and v's definition (written out here, not via ddpm.py)."""
+    """The exact minimiser of L_simple for data ~ N(mu, s^2 I): x_t ~ N(sqrt(abar) mu,
+    abar s^2 + 1 - abar), so E[x0 | x_t] = mu + sqrt(abar) s^2 (x_t - sqrt(abar) mu) /
+    (abar s^2 + 1 - abar), and the eps and v predictors follow from Eq. 4 and v's definition
+    (written out here, not via ddpm.py)."""
     def model(x, t):
         a = ddpm.bcast(ddpm.abar_at(sched, t), x).double()
         x = x.double()
@@ -87,32 +91,37 @@ def oracle(prediction, sched, mu, s):
 
 
 def exact_sampler_moments(betas, mu, s, steps, var):
-    """Mean and std of Algorithm 2's output with the oracle, by exact recursion. With Gaussian data every
-    step is affine: x_prev = A x_t + B + sigma z, so m <- A m + B and v <- A^2 v + sigma^2 (float64).
-    This is the discretised sampler's own answer; it differs from (mu, s) by the bias printed below."""
+    """Mean and std of Algorithm 2's output with the oracle, by exact recursion. With Gaussian data
+    every step is affine: x_prev = A x_t + B + sigma z, so m <- A m + B and v <- A^2 v + sigma^2
+    (float64). This is the discretised sampler's own answer; it differs from (mu, s) by the bias
+    printed below."""
     abar = np.cumprod(1 - np.asarray(betas, np.float64))
     ts = np.round(np.linspace(len(abar) - 1, 0, steps)).astype(int)
     m, v = 0.0, 1.0
     for i, t in enumerate(ts):
         a, ap = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
-        k = math.sqrt(a) * s ** 2 / (a * s ** 2 + 1 - a)  # E[x0 | x_t] = k x_t + (mu - k sqrt(a) mu)
+        # E[x0 | x_t] = k x_t + (mu - k sqrt(a) mu)
+        k = math.sqrt(a) * s ** 2 / (a * s ** 2 + 1 - a)
         beta = 1 - a / ap
         c0, c1 = math.sqrt(ap) * beta / (1 - a), math.sqrt(1 - beta) * (1 - ap) / (1 - a)
-        sigma2 = 0.0 if i + 1 == len(ts) else ((1 - ap) / (1 - a) * beta if var == "small" else beta)
-        m, v = (c0 * k + c1) * m + c0 * (mu - k * math.sqrt(a) * mu), (c0 * k + c1) ** 2 * v + sigma2
+        sigma2 = (0.0 if i + 1 == len(ts)
+                  else ((1 - ap) / (1 - a) * beta if var == "small" else beta))
+        m, v = ((c0 * k + c1) * m + c0 * (mu - k * math.sqrt(a) * mu),
+                (c0 * k + c1) ** 2 * v + sigma2)
     return m, math.sqrt(v)
 
 
 @pytest.mark.parametrize("prediction,schedule,var,steps", [
-    ("eps", "linear", "small", 1000), ("x0", "cosine", "large", 1000), ("v", "linear", "large", 1000),
-    ("eps", "cosine", "small", 100), ("eps", "linear", "large", 1)])
+    ("eps", "linear", "small", 1000), ("x0", "cosine", "large", 1000),
+    ("v", "linear", "large", 1000), ("eps", "cosine", "small", 100), ("eps", "linear", "large", 1)])
 def test_sampler_with_exact_oracle_reaches_the_data_distribution(prediction, schedule, var, steps):
-    """Drive the real sampler (ddpm.sample) with the closed-form optimal predictor for data ~ N(mu, s^2 I).
-    Its output must have the mean and std of the exact recursion (5 standard errors of 100,000 draws:
-    se(mean) = s/sqrt(M), se(std) = s/sqrt(2M)), and that recursion must be within 1.5% of (mu, s) at
-    1000 steps, 4% at 100 respaced ones: the bias of discrete steps with the fixed variances of Sec. 3.2
-    (std 0.4961 for linear/small at 1000 steps, 0.4823 for cosine/small at 100). A single step (from
-    x_T straight to x_0, which must add no noise) is far from (mu, s) but still has an exact answer."""
+    """Drive the real sampler (ddpm.sample) with the closed-form optimal predictor for data
+    ~ N(mu, s^2 I). Its output must have the mean and std of the exact recursion (5 standard errors
+    of 100,000 draws: se(mean) = s/sqrt(M), se(std) = s/sqrt(2M)), and that recursion must be within
+    1.5% of (mu, s) at 1000 steps, 4% at 100 respaced ones: the bias of discrete steps with the
+    fixed variances of Sec. 3.2 (std 0.4961 for linear/small at 1000 steps, 0.4823 for cosine/small
+    at 100). A single step (from x_T straight to x_0, which must add no noise) is far from (mu, s)
+    but still has an exact answer."""
     mu, s, M = 0.3, 0.5, 100_000
     cfg = ddpm.Config(T=1000, schedule=schedule, prediction=prediction, var=var, sample_steps=steps)
     sched = ddpm.make_schedule(schedule, cfg.T)
@@ -127,10 +136,11 @@ def test_sampler_with_exact_oracle_reaches_the_data_distribution(prediction, sch
 
 
 def test_eq11_mean_equals_posterior_mean_of_predicted_x0():
-    """Eq. 11, mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), is the posterior mean (Eq. 7)
-    at x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): the route the sampler takes. Exact in float64."""
+    """Eq. 11, mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), is the posterior mean
+    (Eq. 7) at x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): the route the sampler takes. Exact
+    in float64."""
     betas = ddpm.make_schedule("linear", 1000)["betas"].double()
-    abar = torch.cumprod(1 - betas, 0)  # in float64, so that abar_t / abar_{t-1} = 1 - beta_t exactly
+    abar = torch.cumprod(1 - betas, 0)  # float64, so that abar_t / abar_{t-1} = 1 - beta_t exactly
     gen = torch.Generator().manual_seed(3)
     for t in (0, 1, 250, 999):
         x_t, eps = torch.randn(2, 4, 5, generator=gen, dtype=torch.float64)
@@ -144,7 +154,7 @@ def test_eq11_mean_equals_posterior_mean_of_predicted_x0():
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_prediction_conversions_round_trip(prediction):
-    """split_prediction inverts training_target: the target built from (x0, eps) gives back (x0, eps)."""
+    """split_prediction inverts training_target: the target from (x0, eps) gives back (x0, eps)."""
     gen = torch.Generator().manual_seed(4)
     x0, eps = torch.randn(2, 8, 3, 4, 4, generator=gen, dtype=torch.float64)
     abar = torch.rand(8, 1, 1, 1, generator=gen, dtype=torch.float64) * 0.98 + 0.01
@@ -157,8 +167,9 @@ def test_prediction_conversions_round_trip(prediction):
 
 def test_min_snr_weights_agree_across_parameterisations():
     """Min-SNR-gamma (Hang et al. 2023): a prediction of x0 costs min(snr, gamma) ||x0 - x0_hat||^2
-    whichever space the loss is written in: ||eps err||^2 = snr ||x0 err||^2, ||v err||^2 = (snr + 1)
-    ||x0 err||^2. So the weighted eps-, x0- and v-losses of the same prediction must be equal."""
+    whichever space the loss is written in: ||eps err||^2 = snr ||x0 err||^2,
+    ||v err||^2 = (snr + 1) ||x0 err||^2. So the weighted eps-, x0- and v-losses of the same
+    prediction must be equal."""
     gen = torch.Generator().manual_seed(5)
     x0, eps, x0_hat = torch.randn(3, 16, 3, 4, 4, generator=gen, dtype=torch.float64)
     abar = torch.linspace(0.001, 0.999, 16, dtype=torch.float64)
@@ -174,12 +185,13 @@ def test_min_snr_weights_agree_across_parameterisations():
     torch.testing.assert_close(losses[2], losses[1], rtol=1e-9, atol=0)
     assert torch.equal(ddpm.loss_weight("eps", abar, 0.0), torch.ones_like(abar))
     snr = abar / (1 - abar)  # and in x0 units the weight is min(snr, gamma) itself
-    torch.testing.assert_close(ddpm.loss_weight("x0", abar, 5.0), torch.minimum(snr, torch.tensor(5.0)))
+    torch.testing.assert_close(ddpm.loss_weight("x0", abar, 5.0),
+                               torch.minimum(snr, torch.tensor(5.0)))
 
 
 def test_schedules():
-    """Linear: beta from 1e-4 to 0.02 (DDPM Sec. 4). Cosine: abar_t = f(t)/f(0) (IDDPM Eq. 17) until beta
-    reaches its 0.999 cap near t = T. Both: abar strictly decreasing, near 0 at T."""
+    """Linear: beta from 1e-4 to 0.02 (DDPM Sec. 4). Cosine: abar_t = f(t)/f(0) (IDDPM Eq. 17) until
+    beta reaches its 0.999 cap near t = T. Both: abar strictly decreasing, near 0 at T."""
     lin = ddpm.make_schedule("linear", 1000)
     assert math.isclose(lin["betas"][0].item(), 1e-4, rel_tol=1e-6)
     assert math.isclose(lin["betas"][-1].item(), 0.02, rel_tol=1e-6)
@@ -204,7 +216,8 @@ def test_timesteps_cover_the_range_without_duplicates():
 
 
 def test_ema_update_and_half_life():
-    """One training step moves the EMA to beta ema + (1 - beta) theta; beta^(halflife / batch) = 1/2."""
+    """One training step moves the EMA to beta ema + (1 - beta) theta;
+    beta^(halflife / batch) = 1/2."""
     cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), batch=2, image_size=8, T=10)
     torch.manual_seed(0)
     model, ema, opt, step = ddpm.make_trainer(cfg, torch.device("cpu"))

@@ -1,5 +1,7 @@
-"""ddpm.py end to end on the CPU with a tiny network: train, sample, resume exactly, Ctrl-C, NaN, bad input."""
+"""ddpm.py end to end on the CPU with a tiny network: train, sample, resume exactly, Ctrl-C, NaN,
+bad input."""
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -9,8 +11,8 @@ from PIL import Image
 import ddpm
 
 TINY = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--batch", "4", "--n-images", "16",
-        "--image-size", "16", "--T", "50", "--sample-every", "0", "--log-every", "1", "--warmup", "1",
-        "--sample-steps", "4"]
+        "--image-size", "16", "--T", "50", "--sample-every", "0", "--log-every", "1",
+        "--warmup", "1", "--sample-steps", "4"]
 
 
 def run(*argv):
@@ -49,7 +51,7 @@ def test_train_sample_resume(in_tmp):
 
 
 def interrupt_at(monkeypatch, call):
-    """Make the training step raise KeyboardInterrupt (as Ctrl-C does) on its call-th call."""
+    """Press Ctrl-C (send SIGINT to this process) during the training step's call-th call."""
     make = ddpm.make_trainer
 
     def patched(cfg, device):
@@ -59,17 +61,18 @@ def interrupt_at(monkeypatch, call):
         def interrupted(*args):
             calls.append(1)
             if len(calls) == call:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
             return step(*args)
         return model, ema, opt, interrupted
     monkeypatch.setattr(ddpm, "make_trainer", patched)
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(in_tmp, monkeypatch):
-    """4 steps in one go == 2 steps, Ctrl-C, --resume to 4: the same weights to the bit (CPU)."""
+    """4 steps in one go == Ctrl-C during step 2 (which finishes and is saved), --resume to 4:
+    the same weights to the bit (CPU)."""
     run("--train", "--steps", "4", "--ckpt", "straight.pt")
     with monkeypatch.context() as m:
-        interrupt_at(m, 3)
+        interrupt_at(m, 2)
         with pytest.raises(SystemExit) as stop:
             run("--train", "--steps", "4", "--ckpt", "split.pt")
         assert stop.value.code == 130
@@ -90,7 +93,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(in_tmp, monkeypatch):
         return loss(*args) * (float("nan") if len(calls) >= 4 else 1.0)
     monkeypatch.setattr(ddpm, "diffusion_loss", nan_from_step_4)
     # checks every 10 steps, saves every 2: the save at step 4 must check first, and refuse
-    message = error_of(["--train", "--steps", "10", *TINY, "--ckpt-every", "2", "--log-every", "10"])
+    message = error_of(["--train", "--steps", "10", *TINY, "--ckpt-every", "2",
+                        "--log-every", "10"])
     assert "nan" in message.lower() and "ddpm.pt" in message
     ckpt = weights("ddpm.pt")
     assert ckpt["step"] == 2 and all(v.isfinite().all() for v in ckpt["model"].values())
@@ -158,8 +162,8 @@ def test_center_crop_keeps_the_middle(tmp_path):
     (["--train", "--data", "no/such/dir"], "no such folder"),
     (["--train", "--image-size", "60"], "multiple of 8"),
     (["--train", "--lr", "-1"], "--lr"),
-    (["--train", "--schedule", "cosinus"], "linear or cosine"),
-    (["--train", "--prediction", "score"], "eps, x0 or v"),
+    (["--train", "--schedule", "cosinus"], "use linear | cosine"),
+    (["--train", "--prediction", "score"], "use eps | x0 | v"),
     (["--train", "--steps", "0"], "--steps"),
     (["--train", "--sample-steps", "2000"], "--sample-steps"),
     (["--train", "--ch-mult", "1,x"], "--ch-mult"),
@@ -182,7 +186,7 @@ def test_bad_folders_and_checkpoints(in_tmp):
     torch.save({"kind": "vae", "config": {}}, "vae.pt")
     assert "vae checkpoint" in error_of(["--sample", "--ckpt", "vae.pt"])
     torch.save({"weights": torch.zeros(3)}, "plain.pt")
-    assert "unknown checkpoint" in error_of(["--sample", "--ckpt", "plain.pt"])
+    assert "no checkpoint of this repository" in error_of(["--sample", "--ckpt", "plain.pt"])
     run("--train", "--steps", "1")
     assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
     message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])

@@ -55,7 +55,8 @@ def test_timestep_embedding():
 
 def test_resblock_is_adagn_between_two_convs():
     """ResBlock(x, emb) = skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))) (1 + scale) + shift)), with
-    (scale, shift) = Linear(SiLU(emb)) (Dhariwal & Nichol 2021, Sec. 3), written out here with F ops."""
+    (scale, shift) = Linear(SiLU(emb)) (Dhariwal & Nichol 2021, Sec. 3), written out here with
+    F ops."""
     torch.manual_seed(0)
     block = ResBlock(8, 16, 12, dropout=0.0).eval()
     randomise_zero_layers(block)
@@ -74,9 +75,10 @@ def test_attention_is_softmax_qk_v_per_head():
     attn = Attention(128).eval()
     randomise_zero_layers(attn)
     x = torch.randn(2, 128, 3, 5)
-    h = F.group_norm(x, 32, attn.norm.weight, attn.norm.bias).flatten(2).transpose(1, 2)  # [B, HW, C]
+    # [B, HW, C]
+    h = F.group_norm(x, 32, attn.norm.weight, attn.norm.bias).flatten(2).transpose(1, 2)
     q, k, v = attn.qkv(h).chunk(3, dim=2)
-    heads = [torch.softmax(q[..., i:i + 64] @ k[..., i:i + 64].transpose(1, 2) / 8, -1) @ v[..., i:i + 64]
-             for i in range(0, 128, 64)]
+    heads = [torch.softmax(q[..., i:i + 64] @ k[..., i:i + 64].transpose(1, 2) / 8, -1)
+             @ v[..., i:i + 64] for i in range(0, 128, 64)]
     out = attn.proj(torch.cat(heads, dim=2)).transpose(1, 2).reshape(x.shape)
     torch.testing.assert_close(attn(x), x + out, rtol=1e-5, atol=1e-5)
