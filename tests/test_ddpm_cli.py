@@ -46,6 +46,8 @@ def test_train_sample_resume(in_tmp):
     ddpm.main(["--sample", "--ckpt", "ddpm.pt", "--n", "3"])  # no other flags needed
     assert Image.open("out/ddpm_step2_small4_seed0.png").size[0] > 16
     assert Image.open("out/ddpm_step2_small4_seed0.gif").n_frames > 2
+    ddpm.main(["--sample", "--ckpt", "ddpm.pt", "--n", "70", "--sample-batch", "32"])  # 3 batches
+    assert len(os.listdir("out/ddpm_step2_small4_seed0_n70")) == 70
     ddpm.main(["--train", "--resume", "--steps", "3"])
     assert weights("ddpm.pt")["step"] == 3
 
