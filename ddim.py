@@ -135,9 +135,10 @@ def load_checkpoint(path):
     except Exception as e:
         fail(f"{path} is not a readable checkpoint ({type(e).__name__}) -- it may be truncated or "
              f"not a PyTorch file; {retrain}")
-    kind = ckpt.get("kind", "unknown") if isinstance(ckpt, dict) else "unknown"
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
     if kind != "ddpm":
-        fail(f"{path} is a {kind} checkpoint, not a ddpm.py one -- {retrain}")
+        fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
+             f" not a ddpm.py one -- {retrain}")
     c = ckpt.get("config")
     keys = ("image_size", "ch", "ch_mult", "num_res_blocks", "attn_levels", "dropout", "T")
     if (not isinstance(c, dict) or any(k not in c for k in keys)

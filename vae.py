@@ -281,10 +281,10 @@ def load_checkpoint(path, given):
     except Exception as e:
         fail(f"{path} is not a readable checkpoint ({type(e).__name__}) -- it may be truncated or "
              "not a PyTorch file; retrain or pass another --ckpt")
-    kind = ckpt.get("kind", "unknown") if isinstance(ckpt, dict) else "unknown"
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
     if kind != "vae":
-        fail(f"{path} is a {kind} checkpoint, not a vae.py one -- pass a checkpoint written by "
-             "`python vae.py --train`")
+        fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
+             " not a vae.py one -- pass a checkpoint written by `python vae.py --train`")
     known = {f.name for f in fields(Config)}
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()
              if k in known}
