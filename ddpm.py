@@ -9,6 +9,7 @@ with an EMA of the weights, sampling and a benchmark, in one file.
     python ddpm.py --train --resume --steps 6000   # continue ddpm.pt where it stopped
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
     python ddpm.py --bench                         # images/s, MFU and memory of the default model
+    torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
 
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
     betas[t]            beta_t              variance of forward step t
@@ -32,7 +33,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 
 from unet import UNet
 
@@ -346,16 +349,30 @@ def config_from(saved, given):
     return replace(Config(**saved), **given)
 
 
-def pick_device():
+def pick_device(rank=0):
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its conv algorithms
         torch.backends.cuda.matmul.allow_tf32 = True
-        return torch.device("cuda")
+        return torch.device("cuda", rank)
     if torch.backends.mps.is_available():
         print("no CUDA GPU: using Apple MPS (float32, no torch.compile)")
         return torch.device("mps")
     print("no CUDA GPU: running on the CPU, which is slow -- a smoke run: --steps 50 --ch 32")
     return torch.device("cpu")
+
+
+def distributed():
+    """(rank, local rank, world size) under torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE,
+    after joining its process group (NCCL on GPUs, gloo on CPUs); (0, 0, 1) otherwise. Ranks
+    other than 0 print nothing: rank 0 alone logs and writes files."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_rank():
+        sys.stdout = open(os.devnull, "w")
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
 
 
 def learning_rate(cfg, step, progress):
@@ -373,20 +390,22 @@ def ema_beta(cfg, nimg):
     return 0.5 ** (cfg.batch / max(halflife, 1e-8))
 
 
-def make_trainer(cfg, device):
-    """The network, its EMA, the optimizer and one training step (compiled on CUDA)."""
+def make_trainer(cfg, device, world=1):
+    """The network, its EMA, the optimizer and one training step (compiled on CUDA). With world > 1
+    each process takes cfg.batch / world images and DDP averages the gradients over processes."""
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
-    net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
+    net = torch.compile(net) if cfg.compile and device.type == "cuda" else net
     params, ema_params = list(model.parameters()), list(ema.parameters())
 
     def step(sched, data, lr, beta):
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = diffusion_loss(net, sched, get_batch(data, cfg.batch, cfg.flip), cfg)
-        loss.backward()
+        loss = diffusion_loss(net, sched, get_batch(data, cfg.batch // world, cfg.flip), cfg)
+        loss.backward()  # under DDP the gradients arrive averaged over processes
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -398,10 +417,13 @@ def make_trainer(cfg, device):
 
 def train(cfg, ckpt_path, state=None):
     """Algorithm 1 with AdamW, EMA and checkpoints; state: a checkpoint to continue from."""
-    device = pick_device()
-    torch.manual_seed(cfg.seed)
+    rank, local_rank, world = distributed()
+    if cfg.batch % world:
+        fail(f"--batch {cfg.batch} must divide evenly over the {world} processes")
+    device = pick_device(local_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
     data = torch.from_numpy(load_data(cfg)).to(device)  # uint8, NHWC, on the device
-    model, ema, opt, train_step = make_trainer(cfg, device)
+    model, ema, opt, train_step = make_trainer(cfg, device, world)
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
     step, seconds = 0, 0.0
     if state:
@@ -413,25 +435,32 @@ def train(cfg, ckpt_path, state=None):
             fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
                  "resume without changing the network flags")
         step, seconds = state["step"], state["seconds"]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        if world == 1:  # the saved random state: the run goes on as if it had never stopped
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
         print(f"resumed {ckpt_path} at step {step}")
+    if world > 1:  # each process draws its own data and noise
+        torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
-    print(f"training on {device}{gpu}: {len(data)} images {cfg.image_size}px, "
+    print(f"training on {world} x {device.type}{gpu}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {cfg.batch}"
           + (", compiling the network first (a minute or two)" if cfg.compile and gpu else ""))
     os.makedirs(cfg.out, exist_ok=True)
 
     def checkpoint():
-        rng = dict(rng_cpu=torch.get_rng_state())
-        if device.type == "cuda":
-            rng["rng_cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(), step=step,
-                        ema=ema.state_dict(), opt=opt.state_dict(), seconds=seconds, **rng)
+        if rank == 0:
+            rng = dict(rng_cpu=torch.get_rng_state())
+            if device.type == "cuda":
+                rng["rng_cuda"] = torch.cuda.get_rng_state()
+            save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(), step=step,
+                            ema=ema.state_dict(), opt=opt.state_dict(), seconds=seconds, **rng)
 
     def finite_or_stop(loss_sum, steps):
         """The host sync: the loss summed since the last check is NaN if any step's was."""
+        if world > 1:  # every process sees the same mean, so all stop or none
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
         loss = loss_sum.item() / max(steps, 1)
         if not math.isfinite(loss):
             fail(f"the loss became {loss} near step {step}; stopped without saving, so "
@@ -444,14 +473,27 @@ def train(cfg, ckpt_path, state=None):
     t_last, step_last, checked = time.time(), step, step
     loss_sum, cr = torch.zeros((), device=device), "\r" if sys.stdout.isatty() else ""
     stop = []  # Ctrl-C finishes the step in flight, then saves; a second Ctrl-C stops at once
+    # (not under torchrun, which passes the terminal's Ctrl-C on: each process gets two)
 
-    def on_ctrl_c(*_):
-        if stop:
+    def on_signal(*_):
+        if stop and world == 1:
             raise KeyboardInterrupt
         stop.append(1)
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    while step < cfg.steps and (not budget or time.time() - t_start < budget) and not stop:
+
+    def stopping():
+        """Ctrl-C (or torchrun's SIGTERM) or the time budget; processes under DDP decide together,
+        at progress lines, so that they leave the loop at the same step."""
+        local = bool(stop) or bool(budget) and time.time() - t_start >= budget
+        if world == 1:
+            return local
+        flag = torch.tensor([float(local)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    while step < cfg.steps and not ((world == 1 or step % cfg.log_every == 0) and stopping()):
         seconds = time.time() - t_start
         progress = max(step / cfg.steps, seconds / budget if budget else 0)
         lr = learning_rate(cfg, step, progress)
@@ -474,19 +516,25 @@ def train(cfg, ckpt_path, state=None):
                   end="" if cr else "\n", flush=True)
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             checkpoint()
-        if cfg.sample_every and step % cfg.sample_every == 0:
+        if cfg.sample_every and step % cfg.sample_every == 0 and rank == 0:
             write_training_grid(ema, sched, cfg, device, step)
             t_last = time.time()  # keep the grid's time out of the images/s figure
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, previous)
+    if main_thread:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     finite_or_stop(loss_sum, step - checked)  # the steps since the last check must be finite too
     seconds = time.time() - t_start
     checkpoint()
+    if world > 1:
+        dist.barrier()  # no process ends while rank 0 is still writing
     if stop:
         print(f"\ninterrupted at step {step}: saved {ckpt_path}; continue with --resume")
         sys.exit(130)
-    write_training_grid(ema, sched, cfg, device, step)
+    if rank == 0:
+        write_training_grid(ema, sched, cfg, device, step)
     print(f"\ndone: {step} steps in {fmt_time(seconds)}; wrote {ckpt_path}")
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def write_training_grid(ema, sched, cfg, device, step):

@@ -56,8 +56,8 @@ def interrupt_at(monkeypatch, call):
     """Press Ctrl-C (send SIGINT to this process) during the training step's call-th call."""
     make = ddpm.make_trainer
 
-    def patched(cfg, device):
-        model, ema, opt, step = make(cfg, device)
+    def patched(*args):
+        model, ema, opt, step = make(*args)
         calls = []
 
         def interrupted(*args):

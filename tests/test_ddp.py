@@ -1,0 +1,87 @@
+"""ddpm.py under DDP on the CPU (gloo, 2 processes): gradients are averaged, rank 0 alone writes."""
+import copy
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ddpm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--n-images", "32",
+        "--image-size", "16", "--T", "50", "--sample-every", "0", "--sample-steps", "4",
+        "--log-every", "2", "--ckpt-every", "4", "--batch", "8"]
+
+
+def one_step(rank, port, results):
+    """One training step on rank-own data; returns each parameter's update and the local and
+    process-averaged gradients of the step's loss, recomputed from the same random draws."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), batch=8, image_size=8, T=20,
+                      flip=False, grad_clip=1e9)
+    device, sched = torch.device("cpu"), ddpm.make_schedule("linear", 20)
+    torch.manual_seed(0)  # the same initial weights
+    model, ema, opt, step = ddpm.make_trainer(cfg, device, world=2)
+    data = torch.randint(0, 256, (16, 8, 8, 3), generator=torch.Generator().manual_seed(rank),
+                         dtype=torch.uint8)  # each rank its own images
+    replica = copy.deepcopy(model)
+    torch.manual_seed(100 + rank)
+    ddpm.diffusion_loss(replica, sched, ddpm.get_batch(data, 4, False), cfg).backward()
+    local = torch.cat([p.grad.flatten() for p in replica.parameters()])
+    mean = local.clone()
+    dist.all_reduce(mean)
+    mean /= 2
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.manual_seed(100 + rank)  # the same draws inside the step
+    step(sched, data, 1e-3, 0.5)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    results[rank] = (after - before, local, mean)
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradients_are_averaged_over_processes():
+    """Adam's first update is -lr m/(sqrt(v) + eps) = -lr sign(g) (bias-corrected, |g| >> eps), so
+    the sign of each update shows which gradient the optimizer saw: it must be the mean of the two
+    processes' gradients (where that is clearly non-zero), not each process's own, and both
+    processes must end with the same weights."""
+    results = mp.Manager().dict()
+    mp.spawn(one_step, args=(free_port(), results), nprocs=2)
+    (update0, local0, mean0), (update1, local1, mean1) = results[0], results[1]
+    torch.testing.assert_close(update0, update1, rtol=0, atol=0)
+    torch.testing.assert_close(mean0, mean1)
+    clear = mean0.abs() > 1e-4
+    assert (torch.sign(update0[clear]) == -torch.sign(mean0[clear])).float().mean() > 0.999
+    # where a process's own gradient points the other way, so that the test can tell it from the
+    # mean (few at the first step: the zero-initialised output layer blocks most gradients)
+    disagree = clear & (torch.sign(local0) != torch.sign(mean0))
+    assert disagree.sum() >= 20
+
+
+def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
+    """torchrun with 2 processes: one checkpoint, one grid, one progress stream; then --resume in
+    a single process continues from the saved step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", os.path.join(ROOT, "ddpm.py"), "--train",
+                          "--steps", "4", *TINY], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
+    assert sorted(os.listdir(tmp_path)) == ["ddpm.pt", "out"]
+    assert os.listdir(tmp_path / "out") == ["ddpm_train_step0000004.png"]
+    assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 4
+    os.chdir(tmp_path)
+    ddpm.main(["--train", "--resume", "--steps", "6", *TINY])
+    assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 6
