@@ -9,6 +9,7 @@ reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in nat
     python vae.py --recon | --interp      # held-out images above reconstructions | latent strips
     python vae.py --eval                  # held-out -ELBO = recon + KL, and IWAE with K = 100
     python vae.py --bench                 # images/s, MFU, memory of the default model
+    torchrun --standalone --nproc_per_node=2 vae.py --train   # the same on 2 GPUs (DDP)
 
 Likelihood. Pixels x in {0..255}^D, D = 3 H W, are dequantised, y = x + u with u ~ U[0, 1)^D, and
 the networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), with one
@@ -28,15 +29,19 @@ Notation (code -> paper). Prior p(z) = N(0, I); q(z|x) = N(mu, diag exp(logvar))
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 
 # --------------------------------------------------------------------------------------------------
 # Config: every field is a command-line flag (--field-name) with this help text.
@@ -291,13 +296,27 @@ def load_checkpoint(path, given):
     return ckpt, replace(Config(**saved), **given)
 
 
-def pick_device():
+def pick_device(rank=0):
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", rank)
     if torch.backends.mps.is_available():
         return torch.device("mps")
     print("no CUDA GPU: running on the CPU, which is slow -- a smoke run: --image-size 32 --ch 16")
     return torch.device("cpu")
+
+
+def distributed():
+    """(rank, local rank, world size) under torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE,
+    after joining its process group (NCCL on GPUs, gloo on CPUs); (0, 0, 1) otherwise. Ranks
+    other than 0 print nothing: rank 0 alone logs and writes files."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_rank():
+        sys.stdout = open(os.devnull, "w")
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
 
 
 def learning_rate(cfg, step, progress):
@@ -306,21 +325,23 @@ def learning_rate(cfg, step, progress):
     return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_trainer(cfg, device):
-    """The model, its optimizer and one training step (compiled on CUDA; the model is saved)."""
-    cuda = device.type == "cuda"
+def make_trainer(cfg, device, world=1):
+    """The model, its optimizer and one training step (compiled on CUDA; the model is saved).
+    With world > 1 each process takes cfg.batch / world images and DDP averages the gradients."""
+    cuda, batch = device.type == "cuda", cfg.batch // world
     model = VAE(cfg).to(device, memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its convolutions once
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=cuda)
-    net = torch.compile(model) if cfg.compile and cuda else model
+    net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
+    net = torch.compile(net) if cfg.compile and cuda else net
 
     def step(data, lr, beta):
         """Minimise (beta kl - recon) / D averaged over images; returns the batch's (-ELBO, KL)."""
         for g in opt.param_groups:
             g["lr"] = lr
-        s = dequantize(data[torch.randint(len(data), (cfg.batch,), device=device)])
+        s = dequantize(data[torch.randint(len(data), (batch,), device=device)])
         if cfg.flip:  # mirror each image with probability 1/2
-            s = torch.where(torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5, s.flip(3), s)
+            s = torch.where(torch.rand(batch, 1, 1, 1, device=device) < 0.5, s.flip(3), s)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):  # around the network only
             recon, kl = net(s)
         ((beta * kl - recon).mean() / (3 * cfg.image_size ** 2)).backward()
@@ -334,10 +355,13 @@ def make_trainer(cfg, device):
 
 def train(cfg, ckpt_path, state=None):
     """Maximise the ELBO with AdamW (VAE Alg. 1); state: a checkpoint to continue from."""
-    device = pick_device()
-    torch.manual_seed(cfg.seed)
+    rank, local_rank, world = distributed()
+    if cfg.batch % world:
+        fail(f"--batch {cfg.batch} must divide evenly over the {world} processes")
+    device = pick_device(local_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
     data = torch.from_numpy(load_data(cfg)).to(device)  # uint8, NHWC, on the device
-    model, opt, train_step = make_trainer(cfg, device)
+    model, opt, train_step = make_trainer(cfg, device, world)
     step, seconds = 0, 0.0
     if state:
         try:
@@ -347,19 +371,25 @@ def train(cfg, ckpt_path, state=None):
             fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
                  "resume without changing the network flags")
         step, seconds = state["step"], state["seconds"]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        if world == 1:  # the saved random state: the run goes on as if it had never stopped
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
         print(f"resumed {ckpt_path} at step {step}")
+    if world > 1:  # each process draws its own data and noise
+        torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
-    print(f"training on {device}{gpu}: {len(data)} images {cfg.image_size}px, "
+    print(f"training on {world} x {device.type}{gpu}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, batch {cfg.batch}")
     os.makedirs(cfg.out, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
     stem = os.path.join(cfg.out, os.path.splitext(os.path.basename(ckpt_path))[0])
 
     def finite_or_stop():
-        """The one host sync: the losses summed since the last log are NaN if any step's was."""
+        """The host sync: the losses summed since the last log are NaN if any step's was."""
+        if world > 1:  # every process sees the same means, so all stop or none
+            dist.all_reduce(stats)
+            stats.div_(world)
         neg_elbo, kl = (stats / max(step - step_last, 1)).tolist()
         if not math.isfinite(neg_elbo + kl):
             print()
@@ -370,6 +400,8 @@ def train(cfg, ckpt_path, state=None):
     def checkpoint():
         """Atomic: torch.save to a temporary file, then rename, so a crash keeps the old file."""
         finite_or_stop()  # never save a state that went NaN
+        if rank:
+            return
         rng = dict(rng_cuda=torch.cuda.get_rng_state()) if device.type == "cuda" else {}
         with open(f"{ckpt_path}.tmp", "wb") as f:
             torch.save(dict(kind="vae", config=asdict(cfg), model=model.state_dict(),
@@ -382,36 +414,63 @@ def train(cfg, ckpt_path, state=None):
     budget, cr = cfg.minutes * 60, "\r" if sys.stdout.isatty() else ""
     t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
     t_last, step_last, stats = time.time(), step, torch.zeros(2, device=device)
-    try:
-        while step < cfg.steps and (not budget or time.time() - t_start < budget):
-            seconds = time.time() - t_start
-            lr = learning_rate(cfg, step, max(step / cfg.steps, seconds / budget if budget else 0))
-            stats += train_step(data, lr, cfg.beta)
-            step += 1
-            if step % cfg.log_every == 0:
-                neg_elbo, kl = finite_or_stop()
-                now = time.time()
-                rate = (step - step_last) * cfg.batch / (now - t_last)  # over the last interval
-                stats, t_last, step_last, seconds = stats.zero_(), now, step, now - t_start
-                left = (cfg.steps - step) * cfg.batch / rate
-                sigma = 128 * model.log_sigma.exp().mean().item()  # in pixel levels of 0..255
-                print(f"{cr}step {step}/{cfg.steps} | -ELBO "
-                      f"{bits_per_dim(neg_elbo, 3 * cfg.image_size ** 2):.4f} bits/dim | KL "
-                      f"{kl:.1f} nats | sigma {sigma:.1f} levels | lr {lr:.2e} | {rate:,.0f} "
-                      f"img/s | {fmt_time(seconds)} | ETA "
-                      f"{fmt_time(min(left, budget - seconds) if budget else left)}  ",
-                      end="" if cr else "\n", flush=True)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                checkpoint()
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                write_grid(sample(model, 64, cfg, device), f"{stem}_train_step{step:07d}.png")
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving {ckpt_path}")
-        checkpoint()
-        sys.exit(130)
+    stop = []  # Ctrl-C finishes the step in flight, then saves; a second one stops at once
+    # (not under torchrun, which passes the terminal's Ctrl-C on: each process gets two)
+
+    def on_signal(*_):
+        if stop and world == 1:
+            raise KeyboardInterrupt
+        stop.append(1)
+
+    def stopping():
+        """Ctrl-C (or torchrun's SIGTERM) or the time budget; processes under DDP decide together,
+        at progress lines, so that they leave the loop at the same step."""
+        local = bool(stop) or bool(budget) and time.time() - t_start >= budget
+        if world == 1:
+            return local
+        flag = torch.tensor([float(local)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    while step < cfg.steps and not ((world == 1 or step % cfg.log_every == 0) and stopping()):
+        seconds = time.time() - t_start
+        lr = learning_rate(cfg, step, max(step / cfg.steps, seconds / budget if budget else 0))
+        stats += train_step(data, lr, cfg.beta)
+        step += 1
+        if step % cfg.log_every == 0:
+            neg_elbo, kl = finite_or_stop()
+            now = time.time()
+            rate = (step - step_last) * cfg.batch / (now - t_last)  # over the last interval
+            stats, t_last, step_last, seconds = stats.zero_(), now, step, now - t_start
+            left = (cfg.steps - step) * cfg.batch / rate
+            sigma = 128 * model.log_sigma.exp().mean().item()  # in pixel levels of 0..255
+            print(f"{cr}step {step}/{cfg.steps} | -ELBO "
+                  f"{bits_per_dim(neg_elbo, 3 * cfg.image_size ** 2):.4f} bits/dim | KL "
+                  f"{kl:.1f} nats | sigma {sigma:.1f} levels | lr {lr:.2e} | {rate:,.0f} "
+                  f"img/s | {fmt_time(seconds)} | ETA "
+                  f"{fmt_time(min(left, budget - seconds) if budget else left)}  ",
+                  end="" if cr else "\n", flush=True)
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+            checkpoint()
+        if cfg.sample_every and step % cfg.sample_every == 0 and rank == 0:
+            write_grid(sample(model, 64, cfg, device), f"{stem}_train_step{step:07d}.png")
+    if main_thread:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     checkpoint()
-    write_grid(sample(model, 64, cfg, device), f"{stem}_train_step{step:07d}.png")
+    if world > 1:
+        dist.barrier()  # no process ends while rank 0 is still writing
+    if stop:
+        print(f"\ninterrupted at step {step}: saved {ckpt_path}; continue with --resume")
+        sys.exit(130)
+    if rank == 0:
+        write_grid(sample(model, 64, cfg, device), f"{stem}_train_step{step:07d}.png")
     print(f"\ndone: {step} steps in {fmt_time(time.time() - t_start)}; wrote {ckpt_path}")
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def fmt_time(s):

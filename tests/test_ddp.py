@@ -85,3 +85,21 @@ def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
     os.chdir(tmp_path)
     ddpm.main(["--train", "--resume", "--steps", "6", *TINY])
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 6
+
+
+def test_vae_under_torchrun(tmp_path):
+    """vae.py the same way: 2 processes write one checkpoint; one process resumes it."""
+    import vae
+    tiny = ["--image-size", "16", "--ch", "8", "--z-dim", "8", "--n-images", "32", "--batch", "8",
+            "--n-eval", "8", "--sample-every", "0", "--log-every", "2", "--ckpt-every", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", os.path.join(ROOT, "vae.py"), "--train",
+                          "--steps", "4", *tiny], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
+    assert sorted(os.listdir(tmp_path)) == ["out", "vae.pt"]
+    os.chdir(tmp_path)
+    vae.main(["--train", "--resume", "--steps", "6", *tiny])
+    assert torch.load(tmp_path / "vae.pt", weights_only=True)["step"] == 6

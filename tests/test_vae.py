@@ -8,6 +8,8 @@ of the Monte Carlo mean: a false failure has probability below 1e-6 per comparis
 """
 import inspect
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -208,14 +210,14 @@ def test_nan_stops_without_saving_and_ctrl_c_saves(tmp_path, monkeypatch):
             run("--train", "--resume", "--steps", "6")
     assert (tmp_path / "vae.pt").read_bytes() == saved  # the last good state is kept
 
-    def interrupt(cfg, step, progress):
+    def interrupt(cfg, step, progress):  # Ctrl-C while step 4 (index 3) is being taken
         if step == 3:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return cfg.lr
     monkeypatch.setattr(vae, "learning_rate", interrupt)
     with pytest.raises(SystemExit) as e:
         run("--train", "--resume", "--steps", "6")
-    assert e.value.code == 130 and torch.load("vae.pt", weights_only=True)["step"] == 3
+    assert e.value.code == 130 and torch.load("vae.pt", weights_only=True)["step"] == 4
 
 
 def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
