@@ -69,16 +69,21 @@ def test_gradients_are_averaged_over_processes():
     assert disagree.sum() >= 20
 
 
-def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
-    """torchrun with 2 processes: one checkpoint, one grid, one progress stream; then --resume in
-    a single process continues from the saved step."""
+def torchrun(script, args, folder):
+    """script --train for 4 steps in 2 processes; one progress stream and one end line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", os.path.join(ROOT, "ddpm.py"), "--train",
-                          "--steps", "4", *TINY], cwd=tmp_path, env=env, capture_output=True,
+                          "--nproc_per_node=2", os.path.join(ROOT, script), "--train",
+                          "--steps", "4", *args], cwd=folder, env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
+
+
+def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
+    """torchrun with 2 processes: one checkpoint, one grid, one progress stream; then --resume in
+    a single process continues from the saved step."""
+    torchrun("ddpm.py", TINY, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["ddpm.pt", "out"]
     assert os.listdir(tmp_path / "out") == ["ddpm_train_step0000004.png"]
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 4
@@ -92,13 +97,7 @@ def test_vae_under_torchrun(tmp_path):
     import vae
     tiny = ["--image-size", "16", "--ch", "8", "--z-dim", "8", "--n-images", "32", "--batch", "8",
             "--n-eval", "8", "--sample-every", "0", "--log-every", "2", "--ckpt-every", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", os.path.join(ROOT, "vae.py"), "--train",
-                          "--steps", "4", *tiny], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
+    torchrun("vae.py", tiny, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["out", "vae.pt"]
     os.chdir(tmp_path)
     vae.main(["--train", "--resume", "--steps", "6", *tiny])
