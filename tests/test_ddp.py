@@ -102,3 +102,10 @@ def test_vae_under_torchrun(tmp_path):
     os.chdir(tmp_path)
     vae.main(["--train", "--resume", "--steps", "6", *tiny])
     assert torch.load(tmp_path / "vae.pt", weights_only=True)["step"] == 6
+
+
+def test_the_copies_of_distributed_agree():
+    """ddpm.py and vae.py each keep their own copy (each script stands alone): the same code."""
+    import inspect
+    import vae
+    assert inspect.getsource(ddpm.distributed) == inspect.getsource(vae.distributed)
