@@ -58,7 +58,7 @@ def test_gradients_are_averaged_over_processes():
     processes must end with the same weights."""
     results = mp.Manager().dict()
     mp.spawn(one_step, args=(free_port(), results), nprocs=2)
-    (update0, local0, mean0), (update1, local1, mean1) = results[0], results[1]
+    (update0, local0, mean0), (update1, _, mean1) = results[0], results[1]
     torch.testing.assert_close(update0, update1, rtol=0, atol=0)
     torch.testing.assert_close(mean0, mean1)
     clear = mean0.abs() > 1e-4
