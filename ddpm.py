@@ -67,7 +67,8 @@ class Config:
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0: off")
     # training
     steps: int = arg(3000, "optimizer steps (5 minutes on one H200, compile included)")
-    minutes: float = arg(0.0, "wall-clock training budget, compile included; 0: run --steps")
+    minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
+                                 "--steps; the LR schedule follows the clock; 0: run --steps")
     batch: int = arg(128, "training batch size")
     lr: float = arg(4e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)")
     warmup: int = arg(300, "linear learning-rate warm-up steps")
@@ -493,10 +494,10 @@ def train(cfg, ckpt_path, state=None):
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    while step < cfg.steps and not ((world == 1 or step % cfg.log_every == 0) and stopping()):
-        seconds = time.time() - t_start
-        progress = max(step / cfg.steps, seconds / budget if budget else 0)
-        lr = learning_rate(cfg, step, progress)
+    while (budget or step < cfg.steps) and not (
+            (world == 1 or step % cfg.log_every == 0) and stopping()):
+        seconds = time.time() - t_start  # progress: of --minutes if given, else of --steps
+        lr = learning_rate(cfg, step, seconds / budget if budget else step / cfg.steps)
         loss_sum += train_step(sched, data, lr, ema_beta(cfg, step * cfg.batch))
         step += 1
         if step == start + 1:  # the first step compiled: time the ones after it
@@ -507,11 +508,10 @@ def train(cfg, ckpt_path, state=None):
             checked = step
         if step % cfg.log_every == 0:
             now = time.time()
-            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9)
+            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9) + 1e-9
             t_last, step_last, seconds = now, step, now - t_start
-            left = (cfg.steps - step) * cfg.batch / max(rate, 1e-9)
-            left = min(left, budget - seconds) if budget else left
-            print(f"{cr}step {step}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+            left = budget - seconds if budget else (cfg.steps - step) * cfg.batch / rate
+            print(f"{cr}step {step}{'' if budget else f'/{cfg.steps}'} | loss {loss:.4f} | lr {lr:.2e} | "
                   f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
                   end="" if cr else "\n", flush=True)
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:

@@ -67,7 +67,8 @@ class Config:
     # training
     beta: float = arg(1.0, "weight of the KL term (1: the ELBO; others: a beta-VAE)")
     steps: int = arg(10_000, "optimizer steps")
-    minutes: float = arg(0.0, "wall-clock training budget, compile included; 0: run --steps")
+    minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
+                                 "--steps; the LR schedule follows the clock; 0: run --steps")
     batch: int = arg(256, "training batch size")
     lr: float = arg(1e-3, "peak learning rate of AdamW")
     warmup: int = arg(200, "linear learning-rate warm-up steps, then cosine decay to 0")
@@ -435,9 +436,10 @@ def train(cfg, ckpt_path, state=None):
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    while step < cfg.steps and not ((world == 1 or step % cfg.log_every == 0) and stopping()):
-        seconds = time.time() - t_start
-        lr = learning_rate(cfg, step, max(step / cfg.steps, seconds / budget if budget else 0))
+    while (budget or step < cfg.steps) and not (
+            (world == 1 or step % cfg.log_every == 0) and stopping()):
+        seconds = time.time() - t_start  # progress: of --minutes if given, else of --steps
+        lr = learning_rate(cfg, step, seconds / budget if budget else step / cfg.steps)
         stats += train_step(data, lr, cfg.beta)
         step += 1
         if step % cfg.log_every == 0:
@@ -445,13 +447,13 @@ def train(cfg, ckpt_path, state=None):
             now = time.time()
             rate = (step - step_last) * cfg.batch / (now - t_last)  # over the last interval
             stats, t_last, step_last, seconds = stats.zero_(), now, step, now - t_start
-            left = (cfg.steps - step) * cfg.batch / rate
+            left = budget - seconds if budget else (cfg.steps - step) * cfg.batch / rate
             sigma = 128 * model.log_sigma.exp().mean().item()  # in pixel levels of 0..255
-            print(f"{cr}step {step}/{cfg.steps} | -ELBO "
+            print(f"{cr}step {step}{'' if budget else f'/{cfg.steps}'} | -ELBO "
                   f"{bits_per_dim(neg_elbo, 3 * cfg.image_size ** 2):.4f} bits/dim | KL "
                   f"{kl:.1f} nats | sigma {sigma:.1f} levels | lr {lr:.2e} | {rate:,.0f} "
                   f"img/s | {fmt_time(seconds)} | ETA "
-                  f"{fmt_time(min(left, budget - seconds) if budget else left)}  ",
+                  f"{fmt_time(left)}  ",
                   end="" if cr else "\n", flush=True)
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             checkpoint()
