@@ -63,14 +63,14 @@ class Config:
     # diffusion
     T: int = arg(1000, "diffusion steps (DDPM: 1000)")
     schedule: str = arg("linear", "noise schedule: linear (DDPM) | cosine (Improved DDPM)")
-    prediction: str = arg("eps", "what the network predicts: eps | x0 | v")
+    prediction: str = arg("v", "what the network predicts: eps | x0 | v (v: DDIM without speckle)")
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0: off")
     # training
-    steps: int = arg(3000, "optimizer steps (5 minutes on one H200, compile included)")
+    steps: int = arg(4000, "optimizer steps (about 6 minutes on one H200, compile included)")
     minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
                                  "--steps; the LR schedule follows the clock; 0: run --steps")
     batch: int = arg(128, "training batch size")
-    lr: float = arg(4e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)")
+    lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)")
     warmup: int = arg(300, "linear learning-rate warm-up steps")
     lr_decay: str = arg("cosine", "after warm-up: cosine (to 0 at the end) | constant")
     weight_decay: float = arg(0.0, "AdamW weight decay")
