@@ -1,10 +1,14 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
 
-Trains the U-Net of unet.py to predict the noise added to cartoon faces (or your images) and draws
-new ones by ancestral sampling (Algorithm 2): schedules, forward process, posterior, loss, training
-with an EMA of the weights, sampling and a benchmark, in one file.
+Trains the U-Net of unet.py to denoise cartoon faces (or your images) and draws new ones by ancestral
+sampling (Algorithm 2): schedules, forward process, posterior, loss, training with an EMA of the
+weights, sampling and a benchmark, in one file. The paper's network predicts the noise eps
+(--prediction eps); this one predicts v by default (Salimans & Ho 2022). The samplers are the same,
+but deterministic ones (ddim.py) then stay free of the speckle that errors in eps, amplified by
+1/sqrt(abar_t) at high noise, leave in their samples (README, "Why v and not eps").
 
     python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
+    python ddpm.py --train --minutes 6             # the same for 6 minutes of wall clock
     python ddpm.py --train --data DIR              # a folder of your images
     python ddpm.py --train --resume --steps 6000   # continue ddpm.pt where it stopped
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
