@@ -81,13 +81,16 @@ def torchrun(script, args, folder):
 
 
 def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
-    """torchrun with 2 processes: one checkpoint, one grid, one progress stream; then --resume in
-    a single process continues from the saved step."""
+    """torchrun with 2 processes: one checkpoint, one grid, one progress stream; ddim.py samples
+    from it; then --resume in a single process continues from the saved step."""
     torchrun("ddpm.py", TINY, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["ddpm.pt", "out"]
     assert os.listdir(tmp_path / "out") == ["ddpm_train_step0000004.png"]
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 4
     os.chdir(tmp_path)
+    import ddim  # the 2-process checkpoint samples in one CPU process
+    ddim.main(["--ckpt", "ddpm.pt", "--steps", "2", "--n", "2", "--out", "ddim_out"])
+    assert os.path.exists("ddim_out/ddim_ddpm_step4_uniform2_eta0_seed0.png")
     ddpm.main(["--train", "--resume", "--steps", "6", *TINY])
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 6
 
