@@ -213,8 +213,8 @@ def test_eta1_all_steps_is_ddpm_ancestral(prediction):
     """eta = 1 over all T steps is DDPM's Algorithm 2: Eq. 12 with sigma^2 = beta_tilde is the
     posterior mean of DDPM Eq. 7 plus sigma noise. With the same noise stream the two samplers
     agree pathwise (clipping on); with independent noise their output moments agree within 5
-    two-sample SE (n = 200k each, T = 200 to keep it fast)."""
-    T, n, cpu = 200, 200_000, torch.device("cpu")
+    two-sample SE (n = 100k each, T = 200 to keep it fast)."""
+    T, n, cpu = 200, 100_000, torch.device("cpu")
     sched = ddpm.make_schedule("linear", T)
     abar, cfg = sched["alphas_cumprod"], ddpm.Config(T=T, prediction=prediction, sample_steps=0)
     net, pairs = oracle(prediction, abar), ddim.timestep_pairs(T, T, "uniform")

@@ -57,7 +57,7 @@ def test_gradients_are_averaged_over_processes():
     processes' gradients (where that is clearly non-zero), not each process's own, and both
     processes must end with the same weights."""
     results = mp.Manager().dict()
-    mp.spawn(one_step, args=(free_port(), results), nprocs=2)
+    mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method="fork")
     (update0, local0, mean0), (update1, _, mean1) = results[0], results[1]
     torch.testing.assert_close(update0, update1, rtol=0, atol=0)
     torch.testing.assert_close(mean0, mean1)
