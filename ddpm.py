@@ -1,8 +1,8 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
 
-Trains the U-Net of unet.py to denoise cartoon faces (or your images) and draws new ones by ancestral
-sampling (Algorithm 2): schedules, forward process, posterior, loss, training with an EMA of the
-weights, sampling and a benchmark, in one file. The paper's network predicts the noise eps
+Trains the U-Net of unet.py to denoise cartoon faces (or your images) and draws new ones by
+ancestral sampling (Algorithm 2): schedules, forward process, posterior, loss, training with an EMA
+of the weights, sampling and a benchmark, in one file. The paper's network predicts the noise eps
 (--prediction eps); this one predicts v by default (Salimans & Ho 2022). The samplers are the same,
 but deterministic ones (ddim.py) then stay free of the speckle that errors in eps, amplified by
 1/sqrt(abar_t) at high noise, leave in their samples (README, "Why v and not eps").
@@ -512,9 +512,10 @@ def train(cfg, ckpt_path, state=None):
             checked = step
         if step % cfg.log_every == 0:
             now = time.time()
-            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9) + 1e-9
+            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9)
             t_last, step_last, seconds = now, step, now - t_start
-            left = budget - seconds if budget else (cfg.steps - step) * cfg.batch / rate
+            left = (budget - seconds if budget
+                    else (cfg.steps - step) * cfg.batch / max(rate, 1e-9))
             print(f"{cr}step {step}{'' if budget else f'/{cfg.steps}'} | loss {loss:.4f} | lr {lr:.2e} | "
                   f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
                   end="" if cr else "\n", flush=True)
