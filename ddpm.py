@@ -516,8 +516,9 @@ def train(cfg, ckpt_path, state=None):
             t_last, step_last, seconds = now, step, now - t_start
             left = (budget - seconds if budget
                     else (cfg.steps - step) * cfg.batch / max(rate, 1e-9))
-            print(f"{cr}step {step}{'' if budget else f'/{cfg.steps}'} | loss {loss:.4f} | lr {lr:.2e} | "
-                  f"{rate:,.0f} img/s | {fmt_time(seconds)} | ETA {fmt_time(left)}   ",
+            of = "" if budget else f"/{cfg.steps}"
+            print(f"{cr}step {step}{of} | loss {loss:.4f} | lr {lr:.2e} | {rate:,.0f} img/s | "
+                  f"{fmt_time(seconds)} | ETA {fmt_time(left)}   ",
                   end="" if cr else "\n", flush=True)
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             checkpoint()
