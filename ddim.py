@@ -33,6 +33,8 @@ from unet import UNet
 # Config: every field is a command-line flag (--field-name) with this help text.
 
 SPACINGS = ("uniform", "quadratic", "trailing")
+# torch.compile's modes ("reduce-overhead": CUDA graphs; "max-autotune": also times kernel choices)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune", "none")
 
 
 def arg(default, help):
@@ -52,7 +54,7 @@ class Config:
     frames: int = arg(8, "images in the --interp strip")
     bf16: bool = arg(True, "bf16 autocast around the network on CUDA (--no-bf16: exacter --invert)")
     compile_mode: str = arg("default", "torch.compile on CUDA, for --n > --batch and --bench: "
-                            "default | none")
+                            + " | ".join(COMPILE_MODES))
     out: str = arg("out", "folder for grids, GIFs and PNGs")
 
 
@@ -70,7 +72,7 @@ def check_config(cfg):
         (cfg.n < 1 or cfg.batch < 1, "--n and --batch must be at least 1"),
         (cfg.frames < 2, "--frames must be at least 2"),
         (not 0 <= cfg.seed < 2 ** 31, "--seed must be in [0, 2^31)"),
-        (cfg.compile_mode not in ("default", "none"), "--compile-mode: use default | none"),
+        (cfg.compile_mode not in COMPILE_MODES, "--compile-mode: use " + " | ".join(COMPILE_MODES)),
     ]:
         if bad:
             fail(message)
@@ -153,6 +155,11 @@ def load_checkpoint(path):
         fail(f"{path}: its EMA weights do not fit its config ({str(e).splitlines()[0][:100]}) -- "
              "retrain with ddpm.py")
     return model.eval().requires_grad_(False), c, ckpt.get("step", 0)
+
+
+def compiled(net, mode):
+    """torch.compile(net) in one of COMPILE_MODES; "none": net itself."""
+    return net if mode == "none" else torch.compile(net, mode=None if mode == "default" else mode)
 
 
 def predict(net, x, t, bf16):
@@ -424,7 +431,7 @@ def bench(model, abar, c, cfg):
     net = model.to(memory_format=torch.channels_last)
     try:
         torch.compiler.reset()
-        net = torch.compile(net) if mode == "default" else net
+        net = compiled(net, mode)
         ips, memory, first = images_per_second(net, cfg.bf16, torch.channels_last, reps)
     except Exception as e:  # a compiler failure is one line of the report, not its end
         print(f"{label}: failed, {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
@@ -488,8 +495,8 @@ def main(argv=None):
     elif args.interp:
         interp_main(net, abar, c, cfg, name)
     else:
-        if cfg.n > cfg.batch and cfg.compile_mode == "default" and device.type == "cuda":
-            net = torch.compile(net)  # compiling pays off over many batches
+        if cfg.n > cfg.batch and device.type == "cuda":
+            net = compiled(net, cfg.compile_mode)  # compiling pays off over many batches
         sample_main(net, abar, c, cfg, name)
 
 
