@@ -72,7 +72,8 @@ class Config:
     # training
     steps: int = arg(4000, "optimizer steps (6 min 34 s on one H200, compile included)")
     minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
-                                 "--steps; the LR schedule follows the clock; 0: run --steps")
+                                 "--steps; the LR schedule follows the clock from the end of the "
+                                 "compile; 0: run --steps")
     batch: int = arg(128, "training batch size")
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)")
     warmup: int = arg(300, "linear learning-rate warm-up steps")
@@ -387,6 +388,16 @@ def learning_rate(cfg, step, progress):
     return cfg.lr * warm * (cosine if cfg.lr_decay == "cosine" else 1.0)
 
 
+def clock_progress(seconds, budget, ready, at_ready):
+    """How far a --minutes run's LR schedule is after `seconds` of its `budget` (both in seconds).
+    The first step compiles the network, 1.5 to 2 of the 6 minutes on an H200, so the schedule waits
+    for it: from `ready`, the clock reading when that step was done (None before), it runs from
+    `at_ready` to 1 over the time that is left."""
+    if ready is None:
+        return at_ready
+    return min(1.0, at_ready + (1 - at_ready) * (seconds - ready) / max(budget - ready, 1e-9))
+
+
 def ema_beta(cfg, nimg):
     """Decay per step for an EMA half-life of ema_halflife_kimg, shorter early on (EDM App. F)."""
     halflife = cfg.ema_halflife_kimg * 1000
@@ -481,6 +492,10 @@ def train(cfg, ckpt_path, state=None):
     budget, start = cfg.minutes * 60, step
     t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
     t_last, step_last, checked = time.time(), step, step
+    # The clock reading when this run's first step (the compile) was done, and the schedule's
+    # progress then: 0, or for a resumed run the share of the budget used (a longer budget
+    # stretches the rest of the schedule, as more --steps do).
+    ready, at_ready = None, min(1.0, seconds / budget) if budget else 0.0
     loss_sum, cr = torch.zeros((), device=device), "\r" if sys.stdout.isatty() else ""
     stop = []  # Ctrl-C finishes the step in flight, then saves; a second Ctrl-C stops at once
     # (not under torchrun, which passes the terminal's Ctrl-C on: each process gets two)
@@ -506,11 +521,14 @@ def train(cfg, ckpt_path, state=None):
     while (budget or step < cfg.steps) and not (
             (world == 1 or step % cfg.log_every == 0) and stopping()):
         seconds = time.time() - t_start  # progress: of --minutes if given, else of --steps
-        lr = learning_rate(cfg, step, seconds / budget if budget else step / cfg.steps)
+        progress = (clock_progress(seconds, budget, ready, at_ready) if budget
+                    else step / cfg.steps)
+        lr = learning_rate(cfg, step, progress)
         loss_sum += train_step(sched, data, lr, ema_beta(cfg, step * cfg.batch))
         step += 1
         if step == start + 1:  # the first step compiled: time the ones after it
             t_last, step_last = time.time(), step
+            ready = t_last - t_start
         if step % cfg.log_every == 0 or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
             loss = finite_or_stop(loss_sum, step - checked)  # never log or save a NaN
             loss_sum.zero_()

@@ -1,7 +1,9 @@
 """ddpm.py end to end on the CPU with a tiny network: train, sample, resume exactly, Ctrl-C, NaN,
 bad input."""
+import math
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -61,6 +63,46 @@ def test_minutes_replace_steps_and_plan_the_lr_on_the_clock(in_tmp, monkeypatch)
     assert ckpt["step"] > 1 and ckpt["step"] == len(lrs) and ckpt["seconds"] >= 0.9
     assert lrs[-1] < 0.05 * max(lrs)  # decayed to about 0 at the end of the budget
     assert lrs[len(lrs) // 2] > 0.2 * max(lrs)  # and not long before it
+
+
+def test_minutes_start_the_lr_schedule_after_the_compile(in_tmp, monkeypatch):
+    """A first step that takes half the budget (as compiling does on a GPU) leaves the schedule
+    untouched: the second step runs at the peak LR, and the cosine still ends near 0."""
+    lrs, rate, make = [], ddpm.learning_rate, ddpm.make_trainer
+    monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
+
+    def slow_first_step(*args):
+        model, ema, opt, step = make(*args)
+
+        def timed(*args):
+            if len(lrs) == 1:
+                time.sleep(0.9)  # half of the 1.8 s budget
+            return step(*args)
+        return model, ema, opt, timed
+    monkeypatch.setattr(ddpm, "make_trainer", slow_first_step)
+    run("--train", "--minutes", "0.03", "--lr", "1e-3")
+    assert lrs[1] > 0.99e-3  # progress ~0: cosine(0) = 1 (it was 0.5 with compile time counted)
+    assert len(lrs) > 4 and lrs[-1] < 0.1e-3
+
+
+def test_clock_progress():
+    """The schedule's progress runs linearly from the first step's end to the budget's end."""
+    assert ddpm.clock_progress(5.0, 60.0, None, 0.25) == 0.25  # compiling: not started
+    assert ddpm.clock_progress(20.0, 60.0, 20.0, 0.0) == 0.0
+    assert ddpm.clock_progress(40.0, 60.0, 20.0, 0.0) == pytest.approx(0.5)
+    assert ddpm.clock_progress(40.0, 60.0, 20.0, 0.5) == pytest.approx(0.75)  # resumed half-way
+    assert ddpm.clock_progress(70.0, 60.0, 20.0, 0.0) == 1.0
+
+
+def test_minutes_resume_goes_on_from_the_share_of_the_budget_used(in_tmp, monkeypatch):
+    """--resume with a longer --minutes starts its schedule at (seconds so far) / (new budget)."""
+    run("--train", "--minutes", "0.01")
+    seconds = weights("ddpm.pt")["seconds"]
+    lrs, rate = [], ddpm.learning_rate
+    monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
+    run("--train", "--resume", "--minutes", "0.03")
+    assert lrs[0] == pytest.approx(8e-4 * 0.5 * (1 + math.cos(math.pi * seconds / 1.8)))
+    assert weights("ddpm.pt")["seconds"] >= 1.8
 
 
 def interrupt_at(monkeypatch, call):
