@@ -440,6 +440,18 @@ def bench(model, abar, c, cfg):
         print(f"{label:44s} {ips:8.1f} img/s  peak memory {memory:5.2f} GiB  {ips / base:.2f}x "
               f"eager fp32 (TF32 convs), {ips / strict:.2f}x with TF32 off (first run, compile "
               f"included: {first:.0f} s)")
+        # The same compiled network, as many calls with nothing between them: the loop's own cost.
+        x, calls = x_T.contiguous(memory_format=torch.channels_last), reps * len(pairs)
+        with torch.no_grad():
+            predict(net, x, c["T"] // 2, cfg.bf16)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                predict(net, x, c["T"] // 2, cfg.bf16)
+            sync()
+        evals = batch * calls / (time.perf_counter() - t0)
+        print(f"{'  the network alone':44s} {evals / cfg.steps:8.1f} img/s  ({evals:,.0f} "
+              f"network evals/s; the loop reaches {ips * cfg.steps / evals:.0%} of it)")
 
 
 # --------------------------------------------------------------------------------------------------
