@@ -76,11 +76,11 @@ def test_minutes_start_the_lr_schedule_after_the_compile(in_tmp, monkeypatch):
 
         def timed(*args):
             if len(lrs) == 1:
-                time.sleep(0.9)  # half of the 1.8 s budget
+                time.sleep(0.6)  # half of the 1.2 s budget
             return step(*args)
         return model, ema, opt, timed
     monkeypatch.setattr(ddpm, "make_trainer", slow_first_step)
-    run("--train", "--minutes", "0.03", "--lr", "1e-3")
+    run("--train", "--minutes", "0.02", "--lr", "1e-3")
     assert lrs[1] > 0.99e-3  # progress ~0: cosine(0) = 1 (it was 0.5 with compile time counted)
     assert len(lrs) > 4 and lrs[-1] < 0.1e-3
 
@@ -96,13 +96,13 @@ def test_clock_progress():
 
 def test_minutes_resume_goes_on_from_the_share_of_the_budget_used(in_tmp, monkeypatch):
     """--resume with a longer --minutes starts its schedule at (seconds so far) / (new budget)."""
-    run("--train", "--minutes", "0.01")
+    run("--train", "--minutes", "0.005")
     seconds = weights("ddpm.pt")["seconds"]
     lrs, rate = [], ddpm.learning_rate
     monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
-    run("--train", "--resume", "--minutes", "0.03")
-    assert lrs[0] == pytest.approx(8e-4 * 0.5 * (1 + math.cos(math.pi * seconds / 1.8)))
-    assert weights("ddpm.pt")["seconds"] >= 1.8
+    run("--train", "--resume", "--minutes", "0.01")
+    assert lrs[0] == pytest.approx(8e-4 * 0.5 * (1 + math.cos(math.pi * seconds / 0.6)))
+    assert weights("ddpm.pt")["seconds"] >= 0.6
 
 
 def interrupt_at(monkeypatch, call):
