@@ -491,6 +491,10 @@ def train(cfg, ckpt_path, state=None):
 
     budget, start = cfg.minutes * 60, step
     t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
+    if world > 1:  # rank 0's clock for all, so that every process takes the same LR at each step
+        clock = torch.tensor([t_start], dtype=torch.float64, device=device)
+        dist.broadcast(clock, 0)
+        t_start = clock.item()
     t_last, step_last, checked = time.time(), step, step
     # The clock reading when this run's first step (the compile) was done, and the schedule's
     # progress then: 0, or for a resumed run the share of the budget used (a longer budget

@@ -68,7 +68,8 @@ class Config:
     beta: float = arg(1.0, "weight of the KL term (1: the ELBO; others: a beta-VAE)")
     steps: int = arg(10_000, "optimizer steps")
     minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
-                                 "--steps; the LR schedule follows the clock; 0: run --steps")
+                                 "--steps; the LR schedule follows the clock from the end of the "
+                                 "compile; 0: run --steps")
     batch: int = arg(256, "training batch size")
     lr: float = arg(1e-3, "peak learning rate of AdamW")
     warmup: int = arg(200, "linear learning-rate warm-up steps, then cosine decay to 0")
@@ -326,6 +327,16 @@ def learning_rate(cfg, step, progress):
     return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def clock_progress(seconds, budget, ready, at_ready):
+    """How far a --minutes run's LR schedule is after `seconds` of its `budget` (both in seconds).
+    The first step compiles the network, so the schedule waits for it: from `ready`, the clock
+    reading when that step was done (None before), it runs from `at_ready` to 1 over the time
+    that is left."""
+    if ready is None:
+        return at_ready
+    return min(1.0, at_ready + (1 - at_ready) * (seconds - ready) / max(budget - ready, 1e-9))
+
+
 def make_trainer(cfg, device, world=1):
     """The model, its optimizer and one training step (compiled on CUDA; the model is saved).
     With world > 1 each process takes cfg.batch / world images and DDP averages the gradients."""
@@ -412,9 +423,16 @@ def train(cfg, ckpt_path, state=None):
             os.fsync(f.fileno())
         os.replace(f"{ckpt_path}.tmp", ckpt_path)
 
-    budget, cr = cfg.minutes * 60, "\r" if sys.stdout.isatty() else ""
+    budget, cr, start = cfg.minutes * 60, "\r" if sys.stdout.isatty() else "", step
     t_start = time.time() - seconds  # the clock includes earlier runs of a resumed training
+    if world > 1:  # rank 0's clock for all, so that every process takes the same LR at each step
+        clock = torch.tensor([t_start], dtype=torch.float64, device=device)
+        dist.broadcast(clock, 0)
+        t_start = clock.item()
     t_last, step_last, stats = time.time(), step, torch.zeros(2, device=device)
+    # The clock reading when this run's first step (the compile) was done, and the schedule's
+    # progress then: 0, or for a resumed run the share of the budget used.
+    ready, at_ready = None, min(1.0, seconds / budget) if budget else 0.0
     stop = []  # Ctrl-C finishes the step in flight, then saves; a second one stops at once
     # (not under torchrun, which passes the terminal's Ctrl-C on: each process gets two)
 
@@ -439,9 +457,13 @@ def train(cfg, ckpt_path, state=None):
     while (budget or step < cfg.steps) and not (
             (world == 1 or step % cfg.log_every == 0) and stopping()):
         seconds = time.time() - t_start  # progress: of --minutes if given, else of --steps
-        lr = learning_rate(cfg, step, seconds / budget if budget else step / cfg.steps)
+        progress = (clock_progress(seconds, budget, ready, at_ready) if budget
+                    else step / cfg.steps)
+        lr = learning_rate(cfg, step, progress)
         stats += train_step(data, lr, cfg.beta)
         step += 1
+        if step == start + 1:  # the first step compiled
+            ready = time.time() - t_start
         if step % cfg.log_every == 0:
             neg_elbo, kl = finite_or_stop()
             now = time.time()
