@@ -111,4 +111,5 @@ def test_the_copies_of_distributed_agree():
     """ddpm.py and vae.py each keep their own copy (each script stands alone): the same code."""
     import inspect
     import vae
-    assert inspect.getsource(ddpm.distributed) == inspect.getsource(vae.distributed)
+    for name in ("distributed", "clock_progress"):
+        assert inspect.getsource(getattr(ddpm, name)) == inspect.getsource(getattr(vae, name))
