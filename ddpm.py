@@ -719,9 +719,13 @@ def bench(cfg):
     def evaluate():
         with torch.no_grad(), autocast(device):
             net(x, t)
-    ds = seconds_per_call(evaluate, device, reps=20 if cuda else 1)
-    print(f"sampling {cfg.sample_batch / ds:,.0f} network evals/s at batch {cfg.sample_batch}: "
-          f"{cfg.sample_batch / ds / cfg.T:.1f} img/s with {cfg.T} steps")
+    # As many calls as DDIM-50 makes for three batches, seconds on a GPU: the rate a sampling run
+    # sustains (an H200 then draws 686 to 695 of its 700 W and lowers its clocks), not a burst's.
+    reps = 150 if cuda else 1
+    ds = seconds_per_call(evaluate, device, reps=reps)
+    print(f"sampling {cfg.sample_batch / ds:,.0f} network evals/s at batch {cfg.sample_batch} "
+          f"({reps} calls, {reps * ds:.1f} s): {cfg.sample_batch / ds / cfg.T:.1f} img/s with "
+          f"{cfg.T} steps")
 
 
 # --------------------------------------------------------------------------------------------------

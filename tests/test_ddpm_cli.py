@@ -171,7 +171,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(in_tmp, monkeypatch)
 def test_bench_runs_on_cpu(in_tmp, capsys):
     run("--bench")
     out = capsys.readouterr().out
-    assert "MFU" in out and "img/s" in out
+    assert "MFU" in out and "img/s" in out and "network evals/s at batch" in out and "calls," in out
 
 
 def write_images(folder):
