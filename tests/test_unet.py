@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet import Attention, ResBlock, UNet, timestep_embedding
+from unet import Attention, GroupNorm, ResBlock, UNet, timestep_embedding
 
 
 def randomise_zero_layers(net):
@@ -43,6 +43,28 @@ def test_channels_last_gives_the_same_result():
     net = net.to(memory_format=torch.channels_last)
     out = net(x.contiguous(memory_format=torch.channels_last), t)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_group_norm_from_channel_statistics_is_group_norm(fmt):
+    """GroupNorm (per-channel statistics, combined by the law of total variance) against
+    F.group_norm: output and every gradient, and channels_last stays channels_last. The input
+    has a mean far from 0 and channels of different means, where a wrong combination shows."""
+    torch.manual_seed(0)
+    gn = GroupNorm(8, 32)
+    with torch.no_grad():
+        gn.weight.normal_(), gn.bias.normal_()
+    x = (torch.randn(3, 32, 8, 8) * 2 + torch.randn(1, 32, 1, 1) * 3 + 5).to(memory_format=fmt)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w, b = gn.weight.detach().clone().requires_grad_(), gn.bias.detach().clone().requires_grad_()
+    ref, out = F.group_norm(x1, 8, w, b, gn.eps), gn(x2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=fmt)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward(), (out * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gn.weight.grad, w.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gn.bias.grad, b.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_timestep_embedding():
