@@ -45,6 +45,21 @@ class GroupNorm(nn.GroupNorm):
         return x * scale.view(N, C, 1, 1) + shift.view(N, C, 1, 1)
 
 
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling, as nn.Upsample(scale_factor=2, mode="nearest"), written as a
+    broadcast copy in channels_last order (the output is channels_last whatever the input).
+
+    Its gradient is then a sum over each 2x2 block of the output's gradient, which torch.compile
+    fuses as a plain reduction; nn.Upsample's backward compiles to a scatter with atomic adds
+    (index_put into zeros).
+    """
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        x = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(B, H, 2, W, 2, C)
+        return x.reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
+
+
 def group_norm(ch):
     """GroupNorm with 32 groups where the width allows it (DDPM Appendix B)."""
     return GroupNorm(math.gcd(32, ch), ch)
@@ -138,8 +153,7 @@ class UNet(nn.Module):
                                           level in attn_levels))
                 c = ch * mult
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                             nn.Conv2d(c, c, 3, padding=1)))
+                self.up.append(nn.Sequential(Upsample(), nn.Conv2d(c, c, 3, padding=1)))
         self.out = nn.Sequential(group_norm(c), nn.SiLU(), zero(nn.Conv2d(c, in_ch, 3, padding=1)))
 
     @staticmethod

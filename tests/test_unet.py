@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet import Attention, GroupNorm, ResBlock, UNet, timestep_embedding
+from unet import Attention, GroupNorm, ResBlock, UNet, Upsample, timestep_embedding
 
 
 def randomise_zero_layers(net):
@@ -65,6 +65,22 @@ def test_group_norm_from_channel_statistics_is_group_norm(fmt):
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gn.weight.grad, w.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gn.bias.grad, b.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_upsample_is_nearest_neighbour(fmt):
+    """Upsample against F.interpolate(mode="nearest"): every output pixel copies its 2x2 block's
+    source, so the input's gradient is the sum of the output gradient over each block."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 4).to(memory_format=fmt)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, out = F.interpolate(x1, scale_factor=2, mode="nearest"), Upsample()(x2)
+    assert out.shape == (2, 5, 6, 8) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward(), (out * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+    torch.testing.assert_close(x2.grad, g.view(2, 5, 3, 2, 4, 2).sum((3, 5)))
 
 
 def test_timestep_embedding():
