@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet import Attention, GroupNorm, ResBlock, UNet, Upsample, timestep_embedding
+from unet import Attention, DenseGrad, GroupNorm, ResBlock, UNet, Upsample, timestep_embedding
 
 
 def randomise_zero_layers(net):
@@ -81,6 +81,22 @@ def test_upsample_is_nearest_neighbour(fmt):
     (ref * g).sum().backward(), (out * g).sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad)
     torch.testing.assert_close(x2.grad, g.view(2, 5, 3, 2, 4, 2).sum((3, 5)))
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_dense_grad_is_the_identity_with_a_dense_gradient(fmt):
+    """DenseGrad passes x through and its gradient back unchanged in value, but a strided gradient
+    (a channel slice of a concatenation's, as in the decoder) comes back dense in x's layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 5).to(memory_format=fmt).requires_grad_()
+    y = DenseGrad.apply(x)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+    big = torch.randn(2, 7, 3, 5).to(memory_format=fmt)
+    g = big[:, 1:5]  # strided in both layouts
+    assert not g.is_contiguous() and not g.is_contiguous(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g, rtol=0, atol=0)
+    assert gx.is_contiguous(memory_format=fmt)
 
 
 def test_timestep_embedding():
