@@ -51,7 +51,8 @@ class Upsample(nn.Module):
 
     Its gradient is then a sum over each 2x2 block of the output's gradient, which torch.compile
     fuses as a plain reduction; nn.Upsample's backward compiles to a scatter with atomic adds
-    (index_put into zeros).
+    into a new NCHW tensor (1.4 ms of a 56 ms training step at 64x64 on an H200, profiled), which
+    the next convolution's backward then copies to channels_last.
     """
 
     def forward(self, x):
@@ -66,8 +67,9 @@ class DenseGrad(torch.autograd.Function):
     The decoder concatenates its input with a skip, so the gradient of that input is a channel
     slice of the concatenation's gradient: in channels_last memory, strided. cuDNN's convolution
     backward copies such a slice to a dense tensor, in a slow strided kernel, twice for each of the
-    convolutions that read it (31 copies, 3.2 ms of a 56 ms training step on an H200, profiled).
-    Asked for here, torch.compile writes the dense tensor in one of its own kernels instead.
+    convolutions that read it (2.7 ms of a 56 ms training step on an H200, profiled). Asked for
+    here, torch.compile writes the dense tensor with its own kernels instead. With Upsample above:
+    2,427 training images/s against 2,280 (one H200, both compiled in one process, README: Speed).
     """
 
     @staticmethod
