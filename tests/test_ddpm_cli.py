@@ -3,7 +3,6 @@ bad input."""
 import math
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -54,35 +53,35 @@ def test_train_sample_resume(in_tmp):
     assert weights("ddpm.pt")["step"] == 3
 
 
-def test_minutes_replace_steps_and_plan_the_lr_on_the_clock(in_tmp, monkeypatch):
-    """--minutes M trains for M minutes whatever --steps says; the LR's cosine runs on the clock."""
+def record_lrs(monkeypatch):
     lrs, rate = [], ddpm.learning_rate
     monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
-    run("--train", "--steps", "1", "--minutes", "0.015")  # 0.9 s
+    return lrs
+
+
+def test_minutes_replace_steps_and_plan_the_lr_on_the_clock(in_tmp, monkeypatch, step_clock):
+    """--minutes M trains for M minutes whatever --steps says; the LR's cosine runs on the clock."""
+    step_clock(ddpm, first=0.07, rest=0.05)
+    lrs = record_lrs(monkeypatch)
+    run("--train", "--steps", "1", "--minutes", "0.015")  # 0.9 s: 0.07 s + 17 x 0.05 s = 0.92 s
     ckpt = weights("ddpm.pt")
-    assert ckpt["step"] > 1 and ckpt["step"] == len(lrs) and ckpt["seconds"] >= 0.9
-    assert lrs[-1] < 0.05 * max(lrs)  # decayed to about 0 at the end of the budget
-    assert lrs[len(lrs) // 2] > 0.2 * max(lrs)  # and not long before it
+    assert ckpt["step"] == len(lrs) == 18 and ckpt["seconds"] == pytest.approx(0.92)
+    # step k = 1..17 starts 0.05 (k - 1) s into the 0.83 s after the first: cosine 1 ... 0.0034
+    expected = [8e-4 * 0.5 * (1 + math.cos(math.pi * max(k - 1, 0) * 0.05 / 0.83))
+                for k in range(18)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert lrs[-1] < 0.05 * max(lrs) and lrs[9] > 0.2 * max(lrs)  # ends near 0, not long before
 
 
-def test_minutes_start_the_lr_schedule_after_the_compile(in_tmp, monkeypatch):
+def test_minutes_start_the_lr_schedule_after_the_compile(in_tmp, monkeypatch, step_clock):
     """A first step that takes half the budget (as compiling does on a GPU) leaves the schedule
     untouched: the second step runs at the peak LR, and the cosine still ends near 0."""
-    lrs, rate, make = [], ddpm.learning_rate, ddpm.make_trainer
-    monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
-
-    def slow_first_step(*args):
-        model, ema, opt, step = make(*args)
-
-        def timed(*args):
-            if len(lrs) == 1:
-                time.sleep(0.6)  # half of the 1.2 s budget
-            return step(*args)
-        return model, ema, opt, timed
-    monkeypatch.setattr(ddpm, "make_trainer", slow_first_step)
+    step_clock(ddpm, first=0.6, rest=0.07)  # half of the 1.2 s budget
+    lrs = record_lrs(monkeypatch)
     run("--train", "--minutes", "0.02", "--lr", "1e-3")
+    assert len(lrs) == 10  # 0.6 s + 9 x 0.07 s = 1.23 s
     assert lrs[1] > 0.99e-3  # progress ~0: cosine(0) = 1 (it was 0.5 with compile time counted)
-    assert len(lrs) > 4 and lrs[-1] < 0.1e-3
+    assert lrs[-1] < 0.02e-3  # progress 0.56 / 0.6 at the last step: cosine 0.011
 
 
 def test_clock_progress():
@@ -94,8 +93,9 @@ def test_clock_progress():
     assert ddpm.clock_progress(70.0, 60.0, 20.0, 0.0) == 1.0
 
 
-def test_minutes_resume_goes_on_from_the_share_of_the_budget_used(in_tmp, monkeypatch):
+def test_minutes_resume_goes_on_from_the_share_of_the_budget_used(in_tmp, monkeypatch, step_clock):
     """--resume with a longer --minutes starts its schedule at (seconds so far) / (new budget)."""
+    step_clock(ddpm, first=0.07, rest=0.05)
     run("--train", "--minutes", "0.005")
     seconds = weights("ddpm.pt")["seconds"]
     lrs, rate = [], ddpm.learning_rate

@@ -10,7 +10,6 @@ import inspect
 import math
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -188,25 +187,17 @@ def test_train_sample_recon_interp_eval_resume_bench(tmp_path, monkeypatch, caps
     assert "MFU" in capsys.readouterr().out
 
 
-def test_minutes_start_the_lr_schedule_after_the_compile(tmp_path, monkeypatch):
+def test_minutes_start_the_lr_schedule_after_the_compile(tmp_path, monkeypatch, step_clock):
     """--minutes: a first step that takes half the budget (as compiling does on a GPU) leaves the
     cosine untouched, so the second step runs at the peak LR; the LR still ends near 0."""
     monkeypatch.chdir(tmp_path)
-    lrs, rate, make = [], vae.learning_rate, vae.make_trainer
+    step_clock(vae, first=0.6, rest=0.07)  # half of the 1.2 s budget
+    lrs, rate = [], vae.learning_rate
     monkeypatch.setattr(vae, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
-
-    def slow_first_step(*args):
-        model, opt, step = make(*args)
-
-        def timed(*args):
-            if len(lrs) == 1:
-                time.sleep(0.6)  # half of the 1.2 s budget
-            return step(*args)
-        return model, opt, timed
-    monkeypatch.setattr(vae, "make_trainer", slow_first_step)
     run("--train", *TINY, "--minutes", "0.02", "--warmup", "1", "--lr", "1e-3")
+    assert len(lrs) == 10  # 0.6 s + 9 x 0.07 s = 1.23 s
     assert lrs[1] > 0.99e-3  # progress ~0: cosine(0) = 1 (it was 0.5 with compile time counted)
-    assert len(lrs) > 4 and lrs[-1] < 0.1e-3
+    assert lrs[-1] < 0.02e-3  # progress 0.56 / 0.6 at the last step: cosine 0.011
     assert torch.load("vae.pt", weights_only=True)["step"] == len(lrs)
 
 
