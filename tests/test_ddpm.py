@@ -231,3 +231,29 @@ def test_ema_update_and_half_life():
     assert ddpm.ema_beta(cfg, 10**6) ** (10_000 / 128) == pytest.approx(0.5)
     ramped = ddpm.Config(batch=128, ema_halflife_kimg=10, ema_rampup=0.1)  # capped at 10% of nimg
     assert ddpm.ema_beta(ramped, 20_000) ** (2_000 / 128) == pytest.approx(0.5)
+
+
+def test_the_training_graph_passes_aotautograds_cache_check(monkeypatch):
+    """A run that finds the compile cache warm loads the traced forward and backward only if the
+    training graph passes AOTAutograd's cacheability check; unet.DenseGrad (a custom
+    autograd.Function) passes it only with the flag that compile_for_training sets."""
+    cache = pytest.importorskip("torch._functorch._aot_autograd.autograd_cache")
+    flag = "autograd_cache_allow_custom_autograd_functions"
+    if not hasattr(torch._functorch.config, flag):
+        pytest.skip("this PyTorch has no such flag")
+    monkeypatch.setattr(torch._functorch.config, flag, False)  # as PyTorch starts; put back after
+    graphs, compile_ = [], torch.compile
+
+    def capture(gm, example_inputs):  # Dynamo's graph, run as it is: no Inductor on the CPU
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(torch, "compile", lambda net, **options: compile_(net, backend=capture))
+    torch._dynamo.reset()
+    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), num_res_blocks=1)
+    model = ddpm.build_model(cfg).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    ddpm.compile_for_training(model)(x, torch.tensor([3, 7])).square().mean().backward()
+    assert len(graphs) == 1  # one graph, no graph breaks
+    assert any("autograd_function_apply" in str(n.target) for n in graphs[0].graph.nodes)
+    cache.check_cacheable(graphs[0])  # raises BypassAOTAutogradCache where it would be skipped
+    torch._dynamo.reset()
