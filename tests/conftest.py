@@ -1,10 +1,10 @@
-"""Lets the tests import the top-level scripts (ddpm.py, unet.py, ...) as modules."""
+"""Lets the tests import the top-level scripts (ddpm.py, unet.py, ...) as modules; a step clock."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

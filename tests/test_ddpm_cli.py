@@ -98,8 +98,7 @@ def test_minutes_resume_goes_on_from_the_share_of_the_budget_used(in_tmp, monkey
     step_clock(ddpm, first=0.07, rest=0.05)
     run("--train", "--minutes", "0.005")
     seconds = weights("ddpm.pt")["seconds"]
-    lrs, rate = [], ddpm.learning_rate
-    monkeypatch.setattr(ddpm, "learning_rate", lambda *a: lrs.append(rate(*a)) or lrs[-1])
+    lrs = record_lrs(monkeypatch)
     run("--train", "--resume", "--minutes", "0.01")
     assert lrs[0] == pytest.approx(8e-4 * 0.5 * (1 + math.cos(math.pi * seconds / 0.6)))
     assert weights("ddpm.pt")["seconds"] >= 0.6
