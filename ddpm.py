@@ -437,8 +437,9 @@ def make_trainer(cfg, device, world=1):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
-    graphs = cfg.compile and device.type == "cuda" and world == 1  # not tried with DDP
-    if cfg.compile and device.type == "cuda":
+    compiled = cfg.compile and device.type == "cuda"
+    graphs = compiled and world == 1  # CUDA graphs: not tried with DDP
+    if compiled:
         net = compile_for_training(net, cuda_graphs=graphs)
     params, ema_params = list(model.parameters()), list(ema.parameters())
 
