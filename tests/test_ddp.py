@@ -57,7 +57,9 @@ def test_gradients_are_averaged_over_processes():
     processes' gradients (where that is clearly non-zero), not each process's own, and both
     processes must end with the same weights."""
     results = mp.Manager().dict()
-    mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method="fork")
+    # spawn, not fork: once a test has run autograd on a GPU, a forked child cannot run backward
+    # ("Unable to handle autograd's threading in combination with fork-based multiprocessing")
+    mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method="spawn")
     (update0, local0, mean0), (update1, _, mean1) = results[0], results[1]
     torch.testing.assert_close(update0, update1, rtol=0, atol=0)
     torch.testing.assert_close(mean0, mean1)
