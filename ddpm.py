@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -322,6 +323,31 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
 # Training
 
 
+def writable_or_fail(out, ckpt_path=None):
+    """Make the output folder and try writing there and at the checkpoint's path: a path that
+    cannot be written stops the run now, with one line, and not after hours of training."""
+    try:
+        paths = [os.path.join(out, ".write_test")] + ([f"{ckpt_path}.tmp"] if ckpt_path else [])
+        for path in paths:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            open(path, "wb").close()
+            os.remove(path)
+    except OSError as e:
+        flags = "--out and --ckpt" if ckpt_path else "--out"
+        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable {flags}")
+
+
+def cpu_copy(state):
+    """The tensors of a (nested) state copied to the CPU: a snapshot later steps leave as it is."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v) for v in state)
+    return state
+
+
 def save_checkpoint(path, **state):
     """torch.save to a temporary file, then rename: a crash mid-save keeps the previous file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -490,15 +516,36 @@ def train(cfg, ckpt_path, state=None):
     print(f"training on {world} x {device.type}{gpu}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {cfg.batch}"
           + (", compiling the network first (a minute or two)" if cfg.compile and gpu else ""))
-    os.makedirs(cfg.out, exist_ok=True)
+    if rank == 0:
+        writable_or_fail(cfg.out, ckpt_path)
+    # Checkpoints: a copy of the state on the CPU, written to disk by a thread while training goes
+    # on (a 634 MB file for the default network, fsync'd); one write at a time.
+    writer, writing, saved = ThreadPoolExecutor(max_workers=1), [], []  # saved: steps
 
-    def checkpoint():
+    def written():
+        """Wait for the checkpoint being written; a failed write stops the run with one line."""
+        while writing:
+            try:
+                writing.pop().result()
+            except OSError as e:
+                fail(f"could not write {ckpt_path} ({e.strerror or e}) -- free some disk space or"
+                     " pass another --ckpt; the last checkpoint written, if any, is intact")
+
+    def checkpoint(wait=False):
+        """Save the state of this step (once: the last step may also be a --ckpt-every one)."""
         if rank == 0:
-            rng = dict(rng_cpu=torch.get_rng_state())
-            if device.type == "cuda":
-                rng["rng_cuda"] = torch.cuda.get_rng_state()
-            save_checkpoint(ckpt_path, config=asdict(cfg), model=model.state_dict(), step=step,
-                            ema=ema.state_dict(), opt=opt.state_dict(), seconds=seconds, **rng)
+            written()
+            if not saved or saved[-1] != step:
+                rng = dict(rng_cpu=torch.get_rng_state())
+                if device.type == "cuda":
+                    rng["rng_cuda"] = torch.cuda.get_rng_state()
+                state = cpu_copy(dict(model=model.state_dict(), ema=ema.state_dict(),
+                                      opt=opt.state_dict(), **rng))
+                writing.append(writer.submit(save_checkpoint, ckpt_path, config=asdict(cfg),
+                                             step=step, seconds=seconds, **state))
+                saved.append(step)
+            if wait:
+                written()
 
     def finite_or_stop(loss_sum, steps):
         """The host sync: the loss summed since the last check is NaN if any step's was."""
@@ -507,6 +554,7 @@ def train(cfg, ckpt_path, state=None):
             loss_sum /= world
         loss = loss_sum.item() / max(steps, 1)
         if not math.isfinite(loss):
+            written()  # the last good state, if it is being written, reaches the disk
             fail(f"the loss became {loss} near step {step}; stopped without saving, so "
                  f"{ckpt_path} keeps the last good state -- lower --lr or raise --warmup, then "
                  "--resume")
@@ -580,7 +628,8 @@ def train(cfg, ckpt_path, state=None):
             signal.signal(s, handler)
     finite_or_stop(loss_sum, step - checked)  # the steps since the last check must be finite too
     seconds = time.time() - t_start
-    checkpoint()
+    checkpoint(wait=True)
+    writer.shutdown()
     if world > 1:
         dist.barrier()  # no process ends while rank 0 is still writing
     if stop:
@@ -632,6 +681,7 @@ def sample_main(given, ckpt_path):
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from(ckpt["config"], given)
     check_config(cfg)
+    writable_or_fail(cfg.out)
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["ema"])
@@ -655,7 +705,6 @@ def sample_main(given, ckpt_path):
         print(f"\rsampled {min(i + cfg.sample_batch, cfg.n)}/{cfg.n} "
               f"({fmt_time(time.time() - t0)})", end="", flush=True)
     images = np.concatenate(images)
-    os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, f"{name}.png")
     Image.fromarray(grid_array(torch.from_numpy(images[:64]).permute(0, 3, 1, 2) / 127.5 - 1))\
         .save(path)

@@ -3,6 +3,7 @@ bad input."""
 import math
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -167,6 +168,37 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(in_tmp, monkeypatch)
     assert weights("ddpm.pt")["step"] == before["step"]
 
 
+def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(in_tmp, monkeypatch):
+    """Each save is slowed down, so that the next steps run while it writes: the checkpoint of
+    step 2 must hold step 2's weights and optimizer state (those of a run that stops there)."""
+    constant = ["--lr-decay", "constant"]  # the LR of steps 1 and 2 must not depend on --steps
+    run("--train", "--steps", "2", "--ckpt", "two.pt", *constant)
+    saved, save = [], ddpm.save_checkpoint
+
+    def slow_save(path, **state):
+        time.sleep(0.5)  # steps 3 and 4 run meanwhile
+        saved.append(state)
+        save(path, **state)
+    monkeypatch.setattr(ddpm, "save_checkpoint", slow_save)
+    run("--train", "--steps", "4", "--ckpt-every", "2", "--ckpt", "four.pt", *constant)
+    assert [s["step"] for s in saved] == [2, 4]  # step 4 once: both a --ckpt-every and the last
+    two = weights("two.pt")
+    for part in ("model", "ema"):
+        for k, v in two[part].items():
+            assert torch.equal(saved[0][part][k], v), f"{part}.{k} is not step 2's"
+    moment = two["opt"]["state"][0]["exp_avg"]
+    assert torch.equal(saved[0]["opt"]["state"][0]["exp_avg"], moment)
+    assert not torch.equal(saved[1]["opt"]["state"][0]["exp_avg"], moment)  # steps 3, 4 moved it
+
+
+def test_a_failed_checkpoint_write_stops_with_one_line(in_tmp, monkeypatch):
+    def disk_full(obj, f):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    message = error_of(["--train", "--steps", "3", *TINY, "--ckpt-every", "1"])
+    assert "could not write ddpm.pt (No space left on device)" in message
+
+
 def test_bench_runs_on_cpu(in_tmp, capsys):
     run("--bench")
     out = capsys.readouterr().out
@@ -245,3 +277,8 @@ def test_bad_folders_and_checkpoints(in_tmp):
     assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
     message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])
     assert "does not fit" in message
+    (in_tmp / "file").write_text("")  # a file where a folder should be: found before training
+    assert "writable --out and --ckpt" in error_of(["--train", *TINY, "--ckpt", "file/x.pt"])
+    assert "file/o (Not a directory)" in error_of(["--train", *TINY, "--ckpt", "b.pt", "--out",
+                                                  "file/o"])
+    assert "writable --out" in error_of(["--sample", "--ckpt", "ddpm.pt", "--out", "file/o"])
