@@ -63,6 +63,17 @@ def fail(message):
     sys.exit(f"ddim.py: {message}")
 
 
+def writable_or_fail(out):
+    """Make the output folder and try writing there: a folder that cannot be written stops the
+    run now, with one line, and not after the sampling."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, ".write_test"), "wb").close()
+        os.remove(os.path.join(out, ".write_test"))
+    except OSError as e:
+        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out")
+
+
 def check_config(cfg):
     """One clear line for each impossible value, before any work is done."""
     for bad, message in [
@@ -498,6 +509,7 @@ def main(argv=None):
     abar = make_schedule(c["schedule"], T)["alphas_cumprod"].to(device)
     if args.bench:
         return bench(model.to(device), abar, c, cfg)
+    writable_or_fail(cfg.out)
     net = model.to(device, memory_format=torch.channels_last)
     name = f"ddim_{os.path.splitext(os.path.basename(args.ckpt))[0]}_step{step}"
     if args.compare is not None:

@@ -398,10 +398,23 @@ def parse_config(argv=None):
     return Config(**vars(parser.parse_args(argv)))
 
 
+
+def writable_or_fail(out):
+    """Make the output folder and try writing there: a folder that cannot be written stops the
+    run now, with one line, and not after the training."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, ".write_test"), "wb").close()
+        os.remove(os.path.join(out, ".write_test"))
+    except OSError as e:
+        sys.exit(f"toy2d.py: cannot write {e.filename} ({e.strerror}) -- pass a writable --out")
+
+
 def main(cfg, etas):
     device = torch.device("cuda" if torch.cuda.is_available() else
                           "mps" if torch.backends.mps.is_available() else "cpu")
     print(f"toy2d.py on {device}: {asdict(cfg)}")
+    writable_or_fail(cfg.out)
     torch.manual_seed(cfg.seed)
     fresh = lambda k, n: torch.tensor(make_data(cfg.data, n, np.random.default_rng(cfg.seed + k)))
     ref, other = fresh(1, cfg.n_samples), fresh(2, cfg.n_samples)   # unseen data for the metrics
@@ -415,7 +428,6 @@ def main(cfg, etas):
                                                    for e in etas]
     runs = {"ddpm": ddpm, "ddim": ddim, "all": ddpm + ddim, "langevin": [(
         f"langevin{cfg.langevin_levels}x{cfg.langevin_steps}", "langevin", 0.0)]}[cfg.sampler]
-    os.makedirs(cfg.out, exist_ok=True)
     prefix = f"{cfg.out}/toy2d_{cfg.data}{'_oracle' if cfg.oracle else ''}"
     lim, rows = 1.15 * float(ref.abs().max()), [("fresh data", other)]   # the metrics' floor
     for name, sampler, eta in runs:

@@ -114,6 +114,20 @@ def fail(message):
     sys.exit(f"vae.py: {message}")
 
 
+def writable_or_fail(out, ckpt_path=None):
+    """Make the output folder and try writing there (and at the checkpoint's path): a path that
+    cannot be written stops the run now, with one line, and not after the work is done."""
+    try:
+        paths = [os.path.join(out, ".write_test")] + ([f"{ckpt_path}.tmp"] if ckpt_path else [])
+        for path in paths:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            open(path, "wb").close()
+            os.remove(path)
+    except OSError as e:
+        flags = "--out and --ckpt" if ckpt_path else "--out"
+        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable {flags}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Data: uint8 [N, H, W, 3] held on the device, dequantised to floats in [-1, 1) a batch at a time.
 
@@ -393,8 +407,8 @@ def train(cfg, ckpt_path, state=None):
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
     print(f"training on {world} x {device.type}{gpu}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, batch {cfg.batch}")
-    os.makedirs(cfg.out, exist_ok=True)
-    os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+    if rank == 0:
+        writable_or_fail(cfg.out, ckpt_path)
     stem = os.path.join(cfg.out, os.path.splitext(os.path.basename(ckpt_path))[0])
 
     def finite_or_stop():
@@ -676,7 +690,7 @@ def main(argv=None):
     mode = next(m for m in ("sample", "recon", "interp", "eval") if getattr(args, m))
     stem = os.path.splitext(os.path.basename(args.ckpt))[0]
     name = f"{stem}_step{ckpt['step']}_{mode}_seed{cfg.seed}"
-    os.makedirs(cfg.out, exist_ok=True)
+    writable_or_fail(cfg.out)
     if mode == "eval":
         return evaluate(model, load_data(cfg, heldout=True), cfg, device, name)
     images, cols = (sample(model, cfg.n, cfg, device), 8) if mode == "sample" else \

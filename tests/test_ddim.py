@@ -323,3 +323,10 @@ def test_bad_input_is_one_line(argv, says, ckpt, tmp_path, monkeypatch):
         ddim.main(argv + ["--out", str(tmp_path)])
     message = str(e.value.code)
     assert message.startswith("ddim.py: ") and "\n" not in message and says in message, message
+
+
+def test_an_unwritable_out_stops_before_sampling(ckpt, tmp_path):
+    (tmp_path / "file").write_text("")  # a file where the folder should be
+    with pytest.raises(SystemExit) as e:
+        ddim.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "file" / "out"), "--steps", "2"])
+    assert "(Not a directory) -- pass a writable --out" in str(e.value.code)

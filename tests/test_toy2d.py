@@ -311,6 +311,14 @@ def test_bad_input_is_one_clear_line(argv, words):
     assert all(w in message for w in words), message
 
 
+def test_an_unwritable_out_stops_before_training(tmp_path):
+    (tmp_path / "file").write_text("")  # a file where the folder should be
+    cfg = toy2d.parse_config(["--out", str(tmp_path / "file" / "out")])
+    with pytest.raises(SystemExit) as e:
+        toy2d.main(cfg, toy2d.check_config(cfg))
+    assert str(e.value.code).endswith("(Not a directory) -- pass a writable --out")
+
+
 def test_bad_input_from_the_shell():
     """The real command line: exit status 1, one line on stderr, no traceback."""
     p = subprocess.run([sys.executable, "toy2d.py", "--data", "nope"], capture_output=True,

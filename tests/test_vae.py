@@ -248,6 +248,8 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     assert "--data nowhere: no such folder" in fails(capsys, "--train", *TINY, "--data", "nowhere")
     (tmp_path / "empty").mkdir()
     assert "no training images" in fails(capsys, "--train", *TINY, "--data", "empty")
+    (tmp_path / "file").write_text("")  # a file where a folder should be: found before training
+    assert "writable --out and --ckpt" in fails(capsys, "--train", *TINY, "--out", "file/o")
     assert "one of the arguments" in fails(capsys)
     (tmp_path / "vae.pt").write_bytes(b"precious")
     assert "vae.pt exists -- add --resume" in fails(capsys, "--train", *TINY)
