@@ -71,7 +71,7 @@ class Config:
     prediction: str = arg("v", "what the network predicts: eps | x0 | v (v: DDIM without speckle)")
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0: off")
     # training
-    steps: int = arg(8000, "optimizer steps (11 min 47 s on one H200, compile included)")
+    steps: int = arg(8000, "optimizer steps (9 min 14 s on one H200, compile included)")
     minutes: float = arg(0.0, "train for this many minutes (compile included) instead of "
                                  "--steps; the LR schedule follows the clock from the end of the "
                                  "compile; 0: run --steps")
