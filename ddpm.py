@@ -527,30 +527,33 @@ def train(cfg, ckpt_path, state=None):
         writable_or_fail(cfg.out, ckpt_path)
     # Checkpoints: a copy of the state on the CPU, written to disk by a thread while training goes
     # on (a 634 MB file for the default network, fsync'd); one write at a time.
-    writer, writing, saved = ThreadPoolExecutor(max_workers=1), [], []  # saved: steps
+    writer, writing, saved_step = ThreadPoolExecutor(max_workers=1), None, None
 
     def written():
         """Wait for the checkpoint being written; a failed write stops the run with one line."""
-        while writing:
+        nonlocal writing
+        if writing:
+            future, writing = writing, None
             try:
-                writing.pop().result()
+                future.result()
             except OSError as e:
                 fail(f"could not write {ckpt_path} ({e.strerror or e}) -- free some disk space or"
                      " pass another --ckpt; the last checkpoint written, if any, is intact")
 
     def checkpoint(wait=False):
         """Save the state of this step (once: the last step may also be a --ckpt-every one)."""
+        nonlocal writing, saved_step
         if rank == 0:
             written()
-            if not saved or saved[-1] != step:
+            if saved_step != step:
                 rng = dict(rng_cpu=torch.get_rng_state())
                 if device.type == "cuda":
                     rng["rng_cuda"] = torch.cuda.get_rng_state()
                 state = cpu_copy(dict(model=model.state_dict(), ema=ema.state_dict(),
                                       opt=opt.state_dict(), **rng))
-                writing.append(writer.submit(save_checkpoint, ckpt_path, config=asdict(cfg),
-                                             step=step, seconds=seconds, **state))
-                saved.append(step)
+                writing = writer.submit(save_checkpoint, ckpt_path, config=asdict(cfg),
+                                        step=step, seconds=seconds, **state)
+                saved_step = step
             if wait:
                 written()
 

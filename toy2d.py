@@ -398,7 +398,6 @@ def parse_config(argv=None):
     return Config(**vars(parser.parse_args(argv)))
 
 
-
 def writable_or_fail(out):
     """Make the output folder and try writing there: a folder that cannot be written stops the
     run now, with one line, and not after the training."""
