@@ -5,9 +5,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 import ddpm
 
@@ -18,16 +20,19 @@ TINY = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--n-images", "3
 
 
 def one_step(rank, port, results):
-    """One training step on rank-own data; returns each parameter's update and the local and
-    process-averaged gradients of the step's loss, recomputed from the same random draws."""
+    """One AdamW step of the training loop's pieces (ddpm.diffusion_loss through DDP, as ddpm.train
+    runs it) on rank-own data; returns each parameter's update and the local and process-averaged
+    gradients of the step's loss, recomputed from the same random draws."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), batch=8, image_size=8, T=20,
-                      flip=False, grad_clip=1e9)
-    device, sched = torch.device("cpu"), ddpm.make_schedule("linear", 20)
-    torch.manual_seed(0)  # the same initial weights
-    model, ema, opt, step = ddpm.make_trainer(cfg, device, world=2)
+    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), batch=8, image_size=8, T=50,
+                      flip=False)
+    sched = ddpm.make_schedule("linear", 50)
+    torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
+    model = ddpm.build_model(cfg)
+    net = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = torch.randint(0, 256, (16, 8, 8, 3), generator=torch.Generator().manual_seed(rank),
                          dtype=torch.uint8)  # each rank its own images
     replica = copy.deepcopy(model)
@@ -39,9 +44,10 @@ def one_step(rank, port, results):
     mean /= 2
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.manual_seed(100 + rank)  # the same draws inside the step
-    step(sched, data, 1e-3, 0.5)
+    ddpm.diffusion_loss(net, sched, ddpm.get_batch(data, 4, False), cfg).backward()
+    opt.step()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
-    results[rank] = (after - before, local, mean)
+    results[rank] = (after - before, local, mean, before)
     dist.destroy_process_group()
 
 
@@ -60,7 +66,8 @@ def test_gradients_are_averaged_over_processes():
     # spawn, not fork: once a test has run autograd on a GPU, a forked child cannot run backward
     # ("Unable to handle autograd's threading in combination with fork-based multiprocessing")
     mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method="spawn")
-    (update0, local0, mean0), (update1, _, mean1) = results[0], results[1]
+    (update0, local0, mean0, start0), (update1, _, mean1, start1) = results[0], results[1]
+    torch.testing.assert_close(start0, start1, rtol=0, atol=0)  # rank 0's weights, broadcast
     torch.testing.assert_close(update0, update1, rtol=0, atol=0)
     torch.testing.assert_close(mean0, mean1)
     clear = mean0.abs() > 1e-4
@@ -71,47 +78,42 @@ def test_gradients_are_averaged_over_processes():
     assert disagree.sum() >= 20
 
 
-def torchrun(script, args, folder):
-    """script --train for 4 steps in 2 processes; one progress stream and one end line."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", os.path.join(ROOT, script), "--train",
-                          "--steps", "4", *args], cwd=folder, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
+def torchrun(args, folder, nproc=2, env=None):
+    """ddpm.py under torchrun on the CPU (CUDA hidden: on a 1-GPU machine two processes could not
+    each have a GPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": "",
+           **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", os.path.join(ROOT, "ddpm.py"), *args],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
     """torchrun with 2 processes: one checkpoint, one grid, one progress stream; ddim.py samples
     from it; then --resume in a single process continues from the saved step."""
-    torchrun("ddpm.py", TINY, tmp_path)
+    run = torchrun(["--train", "--steps", "4", *TINY], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
     assert sorted(os.listdir(tmp_path)) == ["ddpm.pt", "out"]
     assert os.listdir(tmp_path / "out") == ["ddpm_train_step0000004.png"]
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 4
     os.chdir(tmp_path)
     import ddim  # the 2-process checkpoint samples in one CPU process
     ddim.main(["--ckpt", "ddpm.pt", "--steps", "2", "--n", "2", "--out", "ddim_out"])
-    assert os.path.exists("ddim_out/ddim_ddpm_step4_uniform2_eta0_seed0.png")
+    assert len(os.listdir("ddim_out")) >= 1
     ddpm.main(["--train", "--resume", "--steps", "6", *TINY])
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 6
 
 
-def test_vae_under_torchrun(tmp_path):
-    """vae.py the same way: 2 processes write one checkpoint; one process resumes it."""
-    import vae
-    tiny = ["--image-size", "16", "--ch", "8", "--z-dim", "8", "--n-images", "32", "--batch", "8",
-            "--n-eval", "8", "--sample-every", "0", "--log-every", "2", "--ckpt-every", "4"]
-    torchrun("vae.py", tiny, tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["out", "vae.pt"]
-    os.chdir(tmp_path)
-    vae.main(["--train", "--resume", "--steps", "6", *tiny])
-    assert torch.load(tmp_path / "vae.pt", weights_only=True)["step"] == 6
-
-
-def test_the_copies_of_distributed_agree():
-    """ddpm.py and vae.py each keep their own copy (each script stands alone): the same code."""
-    import inspect
-    import vae
-    for name in ("distributed", "clock_progress"):
-        assert inspect.getsource(getattr(ddpm, name)) == inspect.getsource(getattr(vae, name))
+def test_more_processes_than_gpus_stop_with_one_line(tmp_path, monkeypatch, capsys):
+    """torchrun --nproc_per_node=2 on a machine with one GPU: rank 0 says so in one line, rank 1
+    leaves quietly, and neither starts a process group (faked here: one GPU, two processes)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined"))
+    for rank, says in ((0, "ddpm.py: torchrun started more processes than the 1 GPU(s) here -- "
+                           "pass --nproc_per_node=1"), (1, 1)):
+        monkeypatch.setattr(os, "environ", {**os.environ, "RANK": str(rank), "LOCAL_RANK":
+                                            str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+        with pytest.raises(SystemExit) as stop:
+            ddpm.train(ddpm.Config(), str(tmp_path / "x.pt"))
+        assert stop.value.code == says

@@ -5,7 +5,6 @@ mean of M draws with variance v, se = sqrt(v / M); for a variance estimate,
 se = v sqrt(2 / (M - 1)) (Gaussian).
 """
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -97,7 +96,7 @@ def exact_sampler_moments(betas, mu, s, steps, var):
     (float64). This is the discretised sampler's own answer; it differs from (mu, s) by the bias
     printed below."""
     abar = np.cumprod(1 - np.asarray(betas, np.float64))
-    ts = np.round(np.linspace(len(abar) - 1, 0, steps)).astype(int)
+    ts = ddpm.timesteps(len(abar), steps).tolist()
     m, v = 0.0, 1.0
     for i, t in enumerate(ts):
         a, ap = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
@@ -210,39 +209,38 @@ def test_schedules():
 
 
 def test_timesteps_cover_the_range_without_duplicates():
-    for steps in (1, 2, 10, 50, 999, 1000):
-        ts = ddpm.timesteps(1000, steps).tolist()
-        assert len(ts) == steps and ts[0] == 999 and (steps == 1 or ts[-1] == 0)
+    """t_i = floor((T-1)(S-1-i)/(S-1) + 1/2): each within 1/2 of the exact even spacing, ties
+    rounded up (checked in exact fractions), strictly decreasing from T-1 to 0."""
+    from fractions import Fraction
+    for T, S in [(1000, 1), (1000, 2), (1000, 10), (1000, 50), (1000, 999), (1000, 1000), (12, 5)]:
+        ts = ddpm.timesteps(T, S).tolist()
+        assert len(ts) == S and ts[0] == T - 1 and (S == 1 or ts[-1] == 0)
         assert all(a > b for a, b in zip(ts, ts[1:]))
+        for i, t in enumerate(ts[1:], 1):
+            exact = Fraction((T - 1) * (S - 1 - i), S - 1)
+            assert -Fraction(1, 2) < t - exact <= Fraction(1, 2)
+    assert ddpm.timesteps(12, 5).tolist() == [11, 8, 6, 3, 0]  # 8.25, 5.5 (a tie: up), 2.75
 
 
-def test_ema_update_and_half_life():
-    """One training step moves the EMA to beta ema + (1 - beta) theta;
-    beta^(halflife / batch) = 1/2."""
-    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), batch=2, image_size=8, T=10)
+def test_one_training_step_moves_the_ema(tmp_path, monkeypatch):
+    """After one step the EMA is beta ema_0 + (1 - beta) theta_1, ema_0 being the initial weights
+    (rebuilt from the seed); and beta^(halflife / batch) = 1/2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ddpm, "ema_beta", lambda cfg, nimg: 0.9)
+    tiny = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--batch", "2", "--n-images",
+            "4", "--image-size", "8", "--T", "50", "--sample-steps", "2", "--steps", "1"]
+    ddpm.main(["--train", *tiny])
+    ckpt = torch.load("ddpm.pt", weights_only=True)
     torch.manual_seed(0)
-    model, ema, opt, step = ddpm.make_trainer(cfg, torch.device("cpu"))
-    data = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
-    before = [p.clone() for p in ema.parameters()]
-    step(ddpm.make_schedule("linear", 10), data, 1e-2, 0.9)
-    for old, new, theta in zip(before, ema.parameters(), model.parameters()):
-        torch.testing.assert_close(new, 0.9 * old + 0.1 * theta)
-    assert any(not torch.equal(a, b) for a, b in zip(before, ema.parameters()))
+    start = ddpm.build_model(ddpm.Config(**ckpt["config"])).state_dict()
+    for k, theta in ckpt["model"].items():
+        torch.testing.assert_close(ckpt["ema"][k], 0.9 * start[k] + 0.1 * theta)
+    assert any(not torch.equal(start[k], v) for k, v in ckpt["ema"].items())
     cfg = ddpm.Config(batch=128, ema_halflife_kimg=10, ema_rampup=0.0)
+    monkeypatch.undo()
     assert ddpm.ema_beta(cfg, 10**6) ** (10_000 / 128) == pytest.approx(0.5)
     ramped = ddpm.Config(batch=128, ema_halflife_kimg=10, ema_rampup=0.1)  # capped at 10% of nimg
     assert ddpm.ema_beta(ramped, 20_000) ** (2_000 / 128) == pytest.approx(0.5)
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # PyTorch's own, from the reload
-def test_compile_for_training_loads_the_config_it_sets(monkeypatch):
-    """compile_for_training sets a flag in torch._functorch.config, a module that `import torch`
-    does not load: where nothing else has loaded it (here: unloaded for the test), it must import
-    it itself. (Lazy: torch.compile compiles at the first call, which this test never makes.)"""
-    pytest.importorskip("torch._functorch.config")
-    monkeypatch.delitem(sys.modules, "torch._functorch.config")
-    monkeypatch.delattr(torch._functorch, "config")
-    ddpm.compile_for_training(torch.nn.Linear(2, 2))
 
 
 def graphed_gradients_match_eager(device, cfg):
@@ -264,7 +262,7 @@ def graphed_gradients_match_eager(device, cfg):
 
     def gradient(m, seed):
         if m is net and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # as make_trainer's step does
+            torch.compiler.cudagraph_mark_step_begin()  # as the training loop does
         torch.manual_seed(seed)  # t and eps
         ddpm.diffusion_loss(m, sched, x0, cfg).backward()
         g = torch.cat([p.grad.flatten().float() for p in model.parameters()])
@@ -285,29 +283,3 @@ def test_cuda_graph_training_matches_eager_gradients():
     cfg = ddpm.Config(ch=32, ch_mult=(1, 2), attn_levels=(1,), num_res_blocks=1, batch=16,
                       image_size=16)
     graphed_gradients_match_eager(torch.device("cuda"), cfg)
-
-
-def test_the_training_graph_passes_aotautograds_cache_check(monkeypatch):
-    """A run that finds the compile cache warm loads the traced forward and backward only if the
-    training graph passes AOTAutograd's cacheability check; unet.DenseGrad (a custom
-    autograd.Function) passes it only with the flag that compile_for_training sets."""
-    cache = pytest.importorskip("torch._functorch._aot_autograd.autograd_cache")
-    flag = "autograd_cache_allow_custom_autograd_functions"
-    if not hasattr(torch._functorch.config, flag):
-        pytest.skip("this PyTorch has no such flag")
-    monkeypatch.setattr(torch._functorch.config, flag, False)  # as PyTorch starts; put back after
-    graphs, compile_ = [], torch.compile
-
-    def capture(gm, example_inputs):  # Dynamo's graph, run as it is: no Inductor on the CPU
-        graphs.append(gm)
-        return gm.forward
-    monkeypatch.setattr(torch, "compile", lambda net, **options: compile_(net, backend=capture))
-    torch._dynamo.reset()
-    cfg = ddpm.Config(ch=16, ch_mult=(1, 2), attn_levels=(1,), num_res_blocks=1)
-    model = ddpm.build_model(cfg).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    ddpm.compile_for_training(model)(x, torch.tensor([3, 7])).square().mean().backward()
-    assert len(graphs) == 1  # one graph, no graph breaks
-    assert any("autograd_function_apply" in str(n.target) for n in graphs[0].graph.nodes)
-    cache.check_cacheable(graphs[0])  # raises BypassAOTAutogradCache where it would be skipped
-    torch._dynamo.reset()
