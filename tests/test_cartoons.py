@@ -1,10 +1,18 @@
-"""cartoons.py: the pinned pixels, layout, determinism per seed, prefix property, variety."""
+"""cartoons.py: the pinned pixels, layout, determinism per seed, prefix property, variety; the
+command line: the grid, the PNG folder an FID tool reads, and one line for each bad input."""
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import PIL
+import pytest
+from PIL import Image
 
 import cartoons
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cartoons.py")
 
 # sha256 of make(n, size, seed)'s bytes, taken from the code of commit 3dfff5e with Pillow 13.0.0
 # and numpy 2.4. Every FID in the README was measured against these faces: if this fails, the faces
@@ -45,3 +53,72 @@ def test_pool_gives_the_same_faces():
     pooled = cartoons.make(1000, size=16, seed=1, workers=2)
     for i in range(0, 1000, 37):
         assert np.array_equal(pooled[i], cartoons._draw((1, i, 16))), i
+
+
+def run(folder, *args):
+    """python cartoons.py ARGS in folder; a time limit, as a size with no cap once hung."""
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=folder, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_grid_holds_the_faces_in_rows(tmp_path):
+    r = run(tmp_path, "--n", "5", "--size", "16", "--seed", "2", "--out", "new/dir/grid.png")
+    assert r.returncode == 0 and r.stderr == ""
+    assert os.listdir(tmp_path / "new/dir") == ["grid.png"]  # the missing folders were made
+    g = np.asarray(Image.open(tmp_path / "new/dir/grid.png"))
+    assert g.shape == (2 * 18 + 2, 3 * 18 + 2, 3)  # 5 faces: 3 columns, 2 rows, 2 px gaps
+    for k, face in enumerate(cartoons.make(5, 16, seed=2, workers=1)):
+        r0, c0 = 2 + k // 3 * 18, 2 + k % 3 * 18
+        assert np.array_equal(g[r0:r0 + 16, c0:c0 + 16], face), k
+    assert (g[:2] == 255).all() and (g[18:20] == 255).all() and (g[20:, 38:] == 255).all()
+
+
+def test_png_folder_holds_exactly_the_faces_of_make(tmp_path):
+    """The FID reference: PNGs are lossless, so each file is make()'s face to the bit. Defaults
+    (64 px, seed 0) are ddpm.py's training faces; --n 4 is their start (face i: (seed, i))."""
+    names = [f"{i:06d}.png" for i in range(4)]
+    for _ in range(2):  # the same command again rewrites the same files
+        r = run(tmp_path, "--png-folder", "ref", "--n", "4")
+        assert r.returncode == 0 and r.stderr == ""
+        assert sorted(os.listdir(tmp_path / "ref")) == names
+    for name, face in zip(names, cartoons.make(4, 64, seed=0, workers=1)):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "ref" / name)), face), name
+    r = run(tmp_path, "--png-folder", "ref", "--n", "4", "--size", "32", "--seed", "3")
+    assert r.returncode == 0
+    for name, face in zip(names, cartoons.make(4, 32, seed=3, workers=1)):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "ref" / name)), face), name
+
+
+def one_line_and_nothing_written(r, folder, before):
+    assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("cartoons.py: ")
+    assert " -- " in r.stderr  # the problem, then the fix
+    assert sorted(os.listdir(folder)) == before  # checked before drawing; no test file left
+
+
+@pytest.mark.parametrize("args", [
+    ["--out", "grid"], ["--out", "grid.psd"],  # Pillow cannot write these
+    ["--out", "a_file/grid.png"], ["--png-folder", "a_file"],  # a file where a folder must be
+    ["--seed", "-1"], ["--size", "200000"], ["--size", "7"], ["--n", "0"],
+    ["--seed", "x"], ["--out", "g.png", "--png-folder", "ref"], ["--nn", "3"]])
+def test_bad_input_gets_one_line(tmp_path, args):
+    (tmp_path / "a_file").write_text("")
+    one_line_and_nothing_written(run(tmp_path, *args), tmp_path, ["a_file"])
+
+
+def test_read_only_place_gets_one_line(tmp_path):
+    place = tmp_path / "read_only"
+    place.mkdir()
+    place.chmod(0o500)
+    if os.access(place, os.W_OK):  # root writes there anyway, but not into /proc
+        place = "/proc/cartoons_test"
+    for args in (["--out", f"{place}/grid.png"], ["--png-folder", f"{place}/ref"]):
+        one_line_and_nothing_written(run(tmp_path, *args), tmp_path, ["read_only"])
+
+
+def test_png_folder_with_other_files_gets_one_line(tmp_path):
+    """An FID tool reads every image in the folder: files left from another run would count."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "000009.png").write_bytes(b"")
+    one_line_and_nothing_written(run(tmp_path, "--png-folder", "ref", "--n", "3"),
+                                 tmp_path / "ref", ["000009.png"])
