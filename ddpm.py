@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unet import UNet
 
 # --------------------------------------------------------------------------------------------------
-# Config: every field is a flag (--field-name); `ok` is the test a value must pass, and why not.
+# Config: every field is a flag (--field-name); `ok` is the test a value must pass, and its name.
 
 POSITIVE, AT_LEAST_1, NOT_NEGATIVE = ((lambda v: v > 0, "positive"), (lambda v: v >= 1,
                                       "at least 1"), (lambda v: v >= 0, "0 or more"))
@@ -64,8 +64,7 @@ class Config:
     ch_mult: tuple = arg((1, 2, 2, 2), "channel multiplier per resolution level, comma-separated")
     num_res_blocks: int = arg(2, "residual blocks per level", AT_LEAST_1)
     attn_levels: tuple = arg((2, 3), "levels with self-attention (0: full resolution)")
-    dropout: float = arg(0.0, "dropout in the residual blocks (DDPM's CIFAR-10 run: 0.1)",
-                         (lambda v: 0 <= v < 1, "in [0, 1)"))
+    dropout: float = arg(0.0, "dropout in the residual blocks", (lambda v: 0 <= v < 1, "below 1"))
     # diffusion
     T: int = arg(1000, "diffusion steps (DDPM: 1000)", AT_LEAST_1)
     schedule: str = arg("linear", "noise schedule (cosine: Improved DDPM)", None, ("linear", "cosine"))
@@ -74,8 +73,8 @@ class Config:
                                NOT_NEGATIVE)
     # training
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
-    minutes: float = arg(0.0, "instead of --steps: as many steps as fit in this many minutes, "
-                              "compile included; 0: off", NOT_NEGATIVE)
+    minutes: float = arg(0.0, "instead of --steps: the steps that fit in this many minutes",
+                         NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
@@ -84,20 +83,19 @@ class Config:
     weight_decay: float = arg(0.0, "AdamW weight decay", NOT_NEGATIVE)
     grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)", POSITIVE)
     ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM)", NOT_NEGATIVE)
-    ema_rampup: float = arg(0.1, "cap the EMA half-life at this share of images seen; 0: off",
+    ema_rampup: float = arg(0.1, "EMA half-life at most this share of images seen; 0: off",
                             NOT_NEGATIVE)
     flip: bool = arg(True, "random horizontal flips")
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed for training and sampling", NOT_NEGATIVE)
     log_every: int = arg(50, "steps between progress lines (each costs one host sync)", AT_LEAST_1)
-    sample_every: int = arg(1000, "steps between sample grids in --out; 0: at the end only",
-                            NOT_NEGATIVE)
-    ckpt_every: int = arg(1000, "steps between checkpoints (also at the end and on Ctrl-C)",
+    sample_every: int = arg(1000, "steps between sample grids; 0: only at the end", NOT_NEGATIVE)
+    ckpt_every: int = arg(1000, "steps between checkpoints; 0: only at the end and on Ctrl-C",
                           NOT_NEGATIVE)
     # sampling
     n: int = arg(64, "images to sample; over 64 also writes each as a PNG (for FID)", AT_LEAST_1)
-    sample_steps: int = arg(0, "ancestral steps; fewer than T respace the schedule (IDDPM Sec. 4);"
-                               " 0: T (training grids take at most 100)", NOT_NEGATIVE)
+    sample_steps: int = arg(0, "ancestral steps, respaced below T (IDDPM Sec. 4); 0: T (training "
+                               "grids: at most 100)", NOT_NEGATIVE)
     sample_batch: int = arg(256, "sampling batch size", AT_LEAST_1)
     var: str = arg("small", "reverse variance: beta tilde (Eq. 7) or beta", None, ("small", "large"))
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
@@ -161,12 +159,10 @@ def load_data(cfg):
         import cartoons  # only the built-in data needs it
         print(f"drawing {cfg.n_images} cartoon faces at {cfg.image_size}x{cfg.image_size}")
         return cartoons.make(cfg.n_images, cfg.image_size, seed=0)
-    if not os.path.isdir(cfg.data):
-        fail(f"--data {cfg.data}: no such folder -- pass a folder of png/jpg/webp/bmp images")
-    images, skipped = load_folder(cfg.data, cfg.image_size)
+    images, skipped = load_folder(cfg.data, cfg.image_size) if os.path.isdir(cfg.data) else ([], 0)
     if len(images) == 0:
-        fail(f"--data {cfg.data}: no readable images ({skipped} unreadable) -- pass a folder of "
-             "png/jpg/webp/bmp images")
+        fail(f"--data {cfg.data}: " + (f"no readable images ({skipped} unreadable)" if os.path.isdir(
+             cfg.data) else "no such folder") + " -- pass a folder of png/jpg/webp/bmp images")
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
     return images
 
@@ -196,9 +192,9 @@ def autocast(device):
 
 
 def compile_for_training(net, cuda_graphs):
-    """torch.compile with every activation channels_last (Inductor keeps a decoder conv with twice
-    as many input as output channels in NCHW, and cuDNN's backward copies it back) and CUDA graphs
-    (the ~1,100 kernel launches of a step, issued one by one, make the CPU the limit)."""
+    """torch.compile, every activation channels_last (Inductor would keep a decoder conv with twice
+    as many input as output channels in NCHW, and cuDNN's backward copy it back), and CUDA graphs
+    (the ~1,100 kernel launches of a step, issued one by one, would make the CPU the limit)."""
     return torch.compile(net, options={"force_layout_optimization": True,
                                        "triton.cudagraphs": cuda_graphs})
 
@@ -350,12 +346,13 @@ def train(cfg, ckpt_path, state=None):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:  # under torchrun: one process per GPU (or CPU); rank 0 alone logs and writes
         local, gpus = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
-        if 0 < gpus < int(os.environ["LOCAL_WORLD_SIZE"]):  # rank 0 says it; the others go quietly
+        if 0 < gpus < int(os.environ["LOCAL_WORLD_SIZE"]):  # rank 0 says so, the others go quietly
             sys.exit(1 if local else f"ddpm.py: torchrun started more processes than the {gpus} "
                      f"GPU(s) here -- pass --nproc_per_node={gpus}")
         if cfg.batch % world:
             fail(f"--batch {cfg.batch} must divide evenly over the {world} processes")
-        torch.cuda.set_device(local) if gpus else None
+        if gpus:
+            torch.cuda.set_device(local)
         dist.init_process_group("nccl" if gpus else "gloo")
         sys.stdout = open(os.devnull, "w") if rank else sys.stdout
     device = pick_device()
@@ -367,8 +364,15 @@ def train(cfg, ckpt_path, state=None):
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     cuda, step = device.type == "cuda", state["step"] if state else 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
-    if state:
-        restore(state, model, ema, opt, ckpt_path, world)
+    try:  # a checkpoint's weights and optimizer state, and (one process) its random state
+        for part, module in (("model", model), ("ema", ema), ("opt", opt)) if state else ():
+            module.load_state_dict(state[part])
+    except (RuntimeError, KeyError, ValueError) as e:
+        fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
+             "resume without changing the network flags")
+    if state and world == 1:  # the run then goes on as if it had never stopped
+        torch.set_rng_state(state["rng_cpu"])
+        torch.cuda.set_rng_state(state["rng_cuda"]) if cuda and "rng_cuda" in state else None
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
@@ -380,13 +384,14 @@ def train(cfg, ckpt_path, state=None):
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
     print(f"training on {world} x {device.type}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, batch {cfg.batch}"
-          + (", compiling first (a minute or two)" if compiled else ""), flush=True)
+          + f", from step {step} of {ckpt_path}" * bool(state)
+          + ", compiling first (a minute or two)" * compiled, flush=True)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
     previous = signal.signal(signal.SIGINT, lambda *_: on_ctrl_c(stop, world))
-    # --minutes: a provisional end until steps 3 to 13 are timed (it keeps the LR where it is)
+    # --minutes: a provisional end until steps 3 to 13 are timed (it keeps the LR near its peak)
     start, total = step, max(cfg.steps, step + 13) if cfg.minutes else cfg.steps
     loss_sum, t0 = torch.zeros((), device=device), time.time()
-    t_last, step_last = t0, step
+    t_last, step_last, t_plan = t0, step, t0
     while step < total:
         if graphs:  # a new step: the graphs may overwrite the last step's outputs (all used)
             torch.compiler.cudagraph_mark_step_begin()
@@ -403,12 +408,14 @@ def train(cfg, ckpt_path, state=None):
         loss_sum += loss.detach()
         step += 1
         if cfg.minutes and step - start in (3, 13):  # time 10 compiled steps, plan what fits
-            torch.cuda.synchronize() if cuda else None
+            if cuda:
+                torch.cuda.synchronize()
             if step - start == 13:  # rank 0's plan for all, so that all stop at the same step
                 left = cfg.minutes * 60 - (time.time() - t0)
                 plan = torch.tensor(step + max(0, int(left / (time.time() - t_plan) * 10)),
                                     device=device)
-                dist.broadcast(plan, 0) if world > 1 else None
+                if world > 1:
+                    dist.broadcast(plan, 0)
                 total = int(plan)
                 print(f"--minutes {cfg.minutes:g}: {total - start} steps in all", flush=True)
             t_plan = time.time()
@@ -417,7 +424,8 @@ def train(cfg, ckpt_path, state=None):
         if not (log or save or (stop and world == 1)):
             continue
         mean = torch.stack([loss_sum / (step - step_last), torch.tensor(len(stop), device=device)])
-        dist.all_reduce(mean) if world > 1 else None  # the same loss and Ctrl-C in all: all stop
+        if world > 1:  # every process sees the same loss and Ctrl-C: all stop, or none
+            dist.all_reduce(mean)
         loss_now, stopping = (mean / world).tolist()  # the host sync
         if not math.isfinite(loss_now):
             fail(f"the loss became {loss_now} near step {step}; stopped without saving, so "
@@ -450,6 +458,7 @@ def train(cfg, ckpt_path, state=None):
 
 
 def on_ctrl_c(stop, world):
+    """The first Ctrl-C asks the loop to save and stop; a second stops at once (one process)."""
     if stop and world == 1:
         raise KeyboardInterrupt
     stop.append(1)
@@ -468,8 +477,8 @@ def pick_device():
 
 
 def writable_or_fail(out, ckpt_path=None):
-    """Try writing in the output folder and at the checkpoint's path: a path that cannot be written
-    stops the run now, with one line, and not after hours of training."""
+    """Write a file in --out and at --ckpt now: a path that cannot be written stops the run with
+    one line before any work, not after hours of training."""
     try:
         for path in [os.path.join(out, ".write_test")] + [f"{ckpt_path}.tmp"] * bool(ckpt_path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -519,33 +528,15 @@ def load_checkpoint(path):
     return ckpt
 
 
-def restore(state, model, ema, opt, ckpt_path, world):
-    """Load a checkpoint's weights, optimizer and (one process) random state."""
-    try:
-        for part, module in (("model", model), ("ema", ema), ("opt", opt)):
-            module.load_state_dict(state[part])
-    except (RuntimeError, KeyError, ValueError) as e:
-        fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
-             "resume without changing the network flags")
-    if world == 1:  # the saved random state: the run goes on as if it had never stopped
-        torch.set_rng_state(state["rng_cpu"])
-        if torch.cuda.is_available() and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-    print(f"resumed {ckpt_path} at step {state['step']}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Sampling
 
 
-def to_uint8(x):
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 def grid_array(images, cols=8):
-    """float [-1, 1] [N, 3, H, W] -> one uint8 image of the N in rows of cols, 2 px white gaps."""
-    x = np.pad(to_uint8(images), ((0, -len(images) % cols), (2, 0), (2, 0), (0, 0)),
-               constant_values=255)  # blank cells fill the last row; a gap above and left of each
+    """float [-1, 1] [N, 3, H, W] -> uint8 [rows (H + 2) + 2, cols (W + 2) + 2, 3], 2 px white
+    gaps, blank cells at the end of the last row."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    x = np.pad(x, ((0, -len(x) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
     return np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255)
@@ -560,7 +551,7 @@ def write_grid(ema, sched, cfg, device, name):
     return os.path.join(cfg.out, name)
 
 
-def sample_main(cfg, ckpt):
+def sample_main(cfg, ckpt, name):
     """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
     device, model = pick_device(), build_model(cfg)
     try:
@@ -572,28 +563,25 @@ def sample_main(cfg, ckpt):
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
     steps, gen = cfg.sample_steps or cfg.T, torch.Generator(device).manual_seed(cfg.seed)
-    name = f"{ckpt['name']}_step{ckpt['step']}_{cfg.var}{steps}_seed{cfg.seed}"
+    name = f"{name}_step{ckpt['step']}_{cfg.var}{steps}_seed{cfg.seed}"
     # GIF frames at these step indices: denser towards the end, where the details form
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
     images, t0 = [], time.time()
     for i in range(0, cfg.n, cfg.sample_batch):  # full batches only: one compiled shape
         x = sample(net, sched, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), cfg,
                    device, gen, record=record if i == 0 else None)
-        images.append(to_uint8(x[:cfg.n - i]))
-        print(f"sampled {min(i + cfg.sample_batch, cfg.n)}/{cfg.n} ({time.time() - t0:.0f} s)",
-              flush=True)
-    images = np.concatenate(images)
-    grid = grid_array(torch.from_numpy(images[:64]).permute(0, 3, 1, 2) / 127.5 - 1)
-    Image.fromarray(grid).save(os.path.join(cfg.out, f"{name}.png"))
+        images += list(x[:cfg.n - i].cpu())
+        print(f"sampled {len(images)}/{cfg.n} ({time.time() - t0:.0f} s)", flush=True)
+    Image.fromarray(grid_array(torch.stack(images[:64]))).save(f"{cfg.out}/{name}.png")
     frames = [Image.fromarray(np.concatenate([grid_array(x_t, 4), grid_array(x0, 4)], axis=1))
               for x_t, x0 in (record[k] for k in sorted(record))]  # x_t | predicted x_0
-    frames[0].save(os.path.join(cfg.out, f"{name}.gif"), save_all=True, duration=80, loop=0,
+    frames[0].save(f"{cfg.out}/{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
     print(f"wrote {name}.png and {name}.gif in {cfg.out}")
     if cfg.n > 64:
-        os.makedirs(folder := os.path.join(cfg.out, f"{name}_n{cfg.n}"), exist_ok=True)
-        for k, im in enumerate(images):
-            Image.fromarray(im).save(os.path.join(folder, f"{k:06d}.png"))
+        os.makedirs(folder := f"{cfg.out}/{name}_n{cfg.n}", exist_ok=True)
+        for k, x in enumerate(images):
+            Image.fromarray(grid_array(x[None], 1)[2:-2, 2:-2]).save(f"{folder}/{k:06d}.png")
         print(f"wrote {cfg.n} PNGs to {folder}")
 
 
@@ -629,7 +617,7 @@ def main(argv=None):
     check_config(cfg)
     if args.sample:
         writable_or_fail(cfg.out)
-        return sample_main(cfg, dict(state, name=os.path.splitext(os.path.basename(args.ckpt))[0]))
+        return sample_main(cfg, state, os.path.splitext(os.path.basename(args.ckpt))[0])
     if not args.resume and os.path.exists(args.ckpt):
         fail(f"{args.ckpt} exists -- add --resume to continue it, or --ckpt NEW.pt for a new run")
     train(cfg, args.ckpt, state)

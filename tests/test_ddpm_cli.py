@@ -3,7 +3,6 @@ bad input."""
 import math
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
