@@ -19,72 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm, computed so that a channels_last tensor is never regrouped.
-
-    torch.compile's GroupNorm reshapes x to [N, G, C/G, H*W], a transposing copy when x is
-    channels_last, and returns NCHW, which the next channels_last convolution transposes back.
-    Here the statistics come per channel (a reduction over H and W that reads channels_last
-    memory in order), a group's mean and variance from its channels' by the law of total variance
-    (every channel has H*W values), and the normalisation is one scale and shift per channel.
-    Same parameters, same result as nn.GroupNorm up to float rounding; fp32 like it under autocast.
-    On an H200 (ddim.py --bench, compiled, batch 256): 170.9 DDIM-50 images/s against 133.2 with
-    nn.GroupNorm; training the same (1,774 against 1,768 images/s in ddpm.py --bench).
-    """
-
-    def forward(self, x):
-        N, C, G = x.shape[0], x.shape[1], self.num_groups
-        x = x.float()
-        var_c, mean_c = torch.var_mean(x, dim=(2, 3), correction=0)  # [N, C]
-        mean_c, var_c = mean_c.view(N, G, -1), var_c.view(N, G, -1)
-        mean = mean_c.mean(-1, keepdim=True)  # [N, G, 1]
-        var = (var_c + (mean_c - mean) ** 2).mean(-1, keepdim=True)
-        scale = torch.rsqrt(var + self.eps) * self.weight.float().view(G, -1)  # [N, G, C/G]
-        shift = self.bias.float().view(G, -1) - mean * scale
-        return x * scale.view(N, C, 1, 1) + shift.view(N, C, 1, 1)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling, as nn.Upsample(scale_factor=2, mode="nearest"), written as a
-    broadcast copy in channels_last order (the output is channels_last whatever the input).
-
-    Its gradient is then a sum over each 2x2 block of the output's gradient, which torch.compile
-    fuses as a plain reduction; nn.Upsample's backward compiles to a scatter with atomic adds
-    into a new NCHW tensor (1.4 ms of a 56 ms training step at 64x64 on an H200, profiled), which
-    the next convolution's backward then copies to channels_last.
-    """
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        x = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(B, H, 2, W, 2, C)
-        return x.reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
-
-
-class DenseGrad(torch.autograd.Function):
-    """The identity, whose backward hands its gradient on as a dense tensor in x's layout.
-
-    The decoder concatenates its input with a skip, so the gradient of that input is a channel
-    slice of the concatenation's gradient: in channels_last memory, strided. cuDNN's convolution
-    backward copies such a slice to a dense tensor, in a slow strided kernel, twice for each of the
-    convolutions that read it (2.7 ms of a 56 ms training step on an H200, profiled). Asked for
-    here, torch.compile writes the dense tensor with its own kernels instead. With Upsample above:
-    2,427 training images/s against 2,280 (one H200, both compiled in one process, README: Speed).
-    AOTAutograd's cache skips graphs with a custom autograd.Function unless
-    torch._functorch.config.autograd_cache_allow_custom_autograd_functions is on (ddpm.py sets it);
-    without it a run that finds the rest in the compile cache traces forward and backward again
-    (first step 26 s, not 8, on an H200).
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.contiguous(memory_format=torch.channels_last if ctx.channels_last
-                            else torch.contiguous_format)
+# --------------------------------------------------------------------------------------------------
+# The network
 
 
 def group_norm(ch):
@@ -209,3 +145,52 @@ class UNet(nn.Module):
         for m in layer if isinstance(layer, nn.ModuleList) else [layer]:
             h = m(h, emb) if isinstance(m, ResBlock) else m(h)
         return h
+
+
+# --------------------------------------------------------------------------------------------------
+# Speed-ups: the same functions as nn.GroupNorm, nn.Upsample and the identity, written so that the
+# compiled channels_last network runs faster (each one's A/B figure: README, Speed).
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm from per-channel statistics (a group's mean and variance by the law of total
+    variance), so that a channels_last x is never regrouped into an NCHW copy; fp32 like it under
+    autocast. Pays in sampling, where the compiled forward is all there is."""
+
+    def forward(self, x):
+        N, C, G = x.shape[0], x.shape[1], self.num_groups
+        x = x.float()
+        var_c, mean_c = torch.var_mean(x, dim=(2, 3), correction=0)  # [N, C]
+        mean_c, var_c = mean_c.view(N, G, -1), var_c.view(N, G, -1)
+        mean = mean_c.mean(-1, keepdim=True)  # [N, G, 1]
+        var = (var_c + (mean_c - mean) ** 2).mean(-1, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.float().view(G, -1)  # [N, G, C/G]
+        shift = self.bias.float().view(G, -1) - mean * scale
+        return x * scale.view(N, C, 1, 1) + shift.view(N, C, 1, 1)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling as a broadcast copy in channels_last order: its gradient is
+    a sum over 2x2 blocks, which compiles to a plain reduction, where nn.Upsample's backward
+    compiles to a scatter with atomic adds into an NCHW tensor."""
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        x = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(B, H, 2, W, 2, C)
+        return x.reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
+
+
+class DenseGrad(torch.autograd.Function):
+    """The identity, whose backward makes its gradient dense in x's layout: the decoder's input is
+    a channel slice of a concatenation's gradient, strided in channels_last memory, which cuDNN's
+    backward would copy in a slow kernel for each convolution reading it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous(memory_format=torch.channels_last if ctx.channels_last
+                            else torch.contiguous_format)
