@@ -159,10 +159,10 @@ def load_data(cfg):
         import cartoons  # only the built-in data needs it
         print(f"drawing {cfg.n_images} cartoon faces at {cfg.image_size}x{cfg.image_size}")
         return cartoons.make(cfg.n_images, cfg.image_size, seed=0)
-    images, skipped = load_folder(cfg.data, cfg.image_size) if os.path.isdir(cfg.data) else ([], 0)
+    images, skipped = load_folder(cfg.data, cfg.image_size)
     if len(images) == 0:
-        fail(f"--data {cfg.data}: " + (f"no readable images ({skipped} unreadable)" if os.path.isdir(
-             cfg.data) else "no such folder") + " -- pass a folder of png/jpg/webp/bmp images")
+        fail(f"--data {cfg.data}: " + (f"no readable images ({skipped} unreadable)" if
+             os.path.isdir(cfg.data) else "no such folder") + " -- pass a folder of images")
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
     return images
 
@@ -187,16 +187,7 @@ def build_model(cfg):
 
 def autocast(device):
     """bf16 autocast around the network on CUDA; a no-op elsewhere."""
-    on = device.type == "cuda"
-    return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
-
-
-def compile_for_training(net, cuda_graphs):
-    """torch.compile, every activation channels_last (Inductor would keep a decoder conv with twice
-    as many input as output channels in NCHW, and cuDNN's backward copy it back), and CUDA graphs
-    (the ~1,100 kernel launches of a step, issued one by one, would make the CPU the limit)."""
-    return torch.compile(net, options={"force_layout_optimization": True,
-                                       "triton.cudagraphs": cuda_graphs})
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,6 +332,14 @@ def ema_beta(cfg, nimg):
     return 0.5 ** (cfg.batch / max(halflife, 1e-8))
 
 
+def compile_for_training(net, cuda_graphs):
+    """torch.compile, every activation channels_last (Inductor would keep a decoder conv with twice
+    as many input as output channels in NCHW, and cuDNN's backward copy it back), and CUDA graphs
+    (the ~1,100 kernel launches of a step, issued one by one, would make the CPU the limit)."""
+    return torch.compile(net, options={"force_layout_optimization": True,
+                                       "triton.cudagraphs": cuda_graphs})
+
+
 def train(cfg, ckpt_path, state=None):
     """Algorithm 1 with AdamW, an EMA and checkpoints; state: a checkpoint to continue from."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -351,8 +350,7 @@ def train(cfg, ckpt_path, state=None):
                      f"GPU(s) here -- pass --nproc_per_node={gpus}")
         if cfg.batch % world:
             fail(f"--batch {cfg.batch} must divide evenly over the {world} processes")
-        if gpus:
-            torch.cuda.set_device(local)
+        torch.cuda.set_device(local) if gpus else None
         dist.init_process_group("nccl" if gpus else "gloo")
         sys.stdout = open(os.devnull, "w") if rank else sys.stdout
     device = pick_device()
@@ -364,15 +362,8 @@ def train(cfg, ckpt_path, state=None):
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     cuda, step = device.type == "cuda", state["step"] if state else 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
-    try:  # a checkpoint's weights and optimizer state, and (one process) its random state
-        for part, module in (("model", model), ("ema", ema), ("opt", opt)) if state else ():
-            module.load_state_dict(state[part])
-    except (RuntimeError, KeyError, ValueError) as e:
-        fail(f"{ckpt_path} does not fit this network ({str(e).splitlines()[0][:100]}) -- "
-             "resume without changing the network flags")
-    if state and world == 1:  # the run then goes on as if it had never stopped
-        torch.set_rng_state(state["rng_cpu"])
-        torch.cuda.set_rng_state(state["rng_cuda"]) if cuda and "rng_cuda" in state else None
+    if state:  # weights, optimizer and (one process) random state: as if it had never stopped
+        restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path, world == 1)
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
@@ -384,8 +375,7 @@ def train(cfg, ckpt_path, state=None):
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
     print(f"training on {world} x {device.type}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, batch {cfg.batch}"
-          + f", from step {step} of {ckpt_path}" * bool(state)
-          + ", compiling first (a minute or two)" * compiled, flush=True)
+          + f", from step {step}" * bool(state) + ", compiling first" * compiled, flush=True)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
     previous = signal.signal(signal.SIGINT, lambda *_: on_ctrl_c(stop, world))
     # --minutes: a provisional end until steps 3 to 13 are timed (it keeps the LR near its peak)
@@ -408,14 +398,11 @@ def train(cfg, ckpt_path, state=None):
         loss_sum += loss.detach()
         step += 1
         if cfg.minutes and step - start in (3, 13):  # time 10 compiled steps, plan what fits
-            if cuda:
-                torch.cuda.synchronize()
+            torch.cuda.synchronize() if cuda else None
             if step - start == 13:  # rank 0's plan for all, so that all stop at the same step
-                left = cfg.minutes * 60 - (time.time() - t0)
-                plan = torch.tensor(step + max(0, int(left / (time.time() - t_plan) * 10)),
-                                    device=device)
-                if world > 1:
-                    dist.broadcast(plan, 0)
+                left, per_step = cfg.minutes * 60 - (time.time() - t0), (time.time() - t_plan) / 10
+                plan = torch.tensor(step + max(0, int(left / per_step)), device=device)
+                dist.broadcast(plan, 0) if world > 1 else None
                 total = int(plan)
                 print(f"--minutes {cfg.minutes:g}: {total - start} steps in all", flush=True)
             t_plan = time.time()
@@ -424,25 +411,23 @@ def train(cfg, ckpt_path, state=None):
         if not (log or save or (stop and world == 1)):
             continue
         mean = torch.stack([loss_sum / (step - step_last), torch.tensor(len(stop), device=device)])
-        if world > 1:  # every process sees the same loss and Ctrl-C: all stop, or none
-            dist.all_reduce(mean)
+        dist.all_reduce(mean) if world > 1 else None  # all see one loss and Ctrl-C: all stop
         loss_now, stopping = (mean / world).tolist()  # the host sync
         if not math.isfinite(loss_now):
             fail(f"the loss became {loss_now} near step {step}; stopped without saving, so "
                  f"{ckpt_path} keeps the last good state -- lower --lr or raise --warmup, then "
                  "--resume")
-        now, first = time.time(), step == start + 1  # the first step compiles: no rate from it
-        rate = (step - step_last) * cfg.batch / (now - t_last)
-        if log:
-            print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | "
-                  + ("compiling: " if compiled and first else f"{rate:,.0f} img/s | ETA "
-                     f"{(total - step) * cfg.batch / rate / 60:.1f} min | ")
+        now, rate = time.time(), (step - step_last) * cfg.batch / (time.time() - t_last)
+        if log:  # the first step compiles: no rate from it
+            print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | " + (
+                  "compiling: " if compiled and step == start + 1 else f"{rate:,.0f} img/s | "
+                  f"ETA {(total - step) * cfg.batch / rate / 60:.1f} min | ")
                   + f"{(now - t0) / 60:.1f} min", flush=True)
         loss_sum.zero_()
         if (save or stopping) and rank == 0:
             save_checkpoint(ckpt_path, model, ema, opt, replace(cfg, steps=total, minutes=0), step)
         if stopping:
-            print(f"stopped at step {step}: saved {ckpt_path}; continue with --resume")
+            print(f"stopped at step {step}: saved {ckpt_path}; go on with --resume")
             sys.exit(130)
         if cfg.sample_every and step % cfg.sample_every == 0 and step < total and rank == 0:
             write_grid(ema, sched, cfg, device, f"ddpm_train_step{step:07d}.png")
@@ -466,14 +451,10 @@ def on_ctrl_c(stop, world):
 
 
 def pick_device():
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its conv algorithms
-        torch.backends.cuda.matmul.allow_tf32 = True
+    if torch.cuda.is_available():  # fixed shapes: let cuDNN time its conv algorithms
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda", torch.cuda.current_device())
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    print("no CUDA GPU: running on the CPU, which is slow -- a smoke run: --steps 50 --ch 32")
-    return torch.device("cpu")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def writable_or_fail(out, ckpt_path=None):
@@ -492,9 +473,8 @@ def writable_or_fail(out, ckpt_path=None):
 def save_checkpoint(path, model, ema, opt, cfg, step):
     """A self-describing checkpoint, written to path.tmp and renamed over path: a write that fails
     or is cut short (a full disk, kill -9) leaves the previous checkpoint as it was."""
-    rng = dict(rng_cpu=torch.get_rng_state())
-    if torch.cuda.is_available():
-        rng["rng_cuda"] = torch.cuda.get_rng_state()
+    rng = dict(rng_cpu=torch.get_rng_state(), **({"rng_cuda": torch.cuda.get_rng_state()}
+                                                 if torch.cuda.is_available() else {}))
     try:
         with open(f"{path}.tmp", "wb") as f:
             torch.save(dict(kind="ddpm", config=asdict(cfg), step=step, model=model.state_dict(),
@@ -511,13 +491,12 @@ def save_checkpoint(path, model, ema, opt, cfg, step):
 
 def load_checkpoint(path):
     """A ddpm.py checkpoint as a dict, or one clear line saying why not."""
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path} -- train one with `python ddpm.py --train` or pass --ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        fail(f"{path} is not a readable checkpoint ({type(e).__name__}) -- it may be truncated or "
-             "not a PyTorch file; retrain or pass another --ckpt")
+        fail(f"no checkpoint at {path} -- train one with `python ddpm.py --train` or pass --ckpt"
+             if not os.path.isfile(path) else f"{path} is not a readable checkpoint "
+             f"({type(e).__name__}) -- it may be truncated; retrain or pass another --ckpt")
     kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
     if kind != "ddpm":
         fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
@@ -528,14 +507,31 @@ def load_checkpoint(path):
     return ckpt
 
 
+def restore(state, modules, path, rng):
+    """Load each module's state from a checkpoint (and the random state if rng), or one line."""
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+    except (RuntimeError, KeyError, ValueError) as e:
+        fail(f"{path}'s weights do not fit this network ({str(e).splitlines()[0][:100]}) -- "
+             "leave the network flags as they were")
+    if rng:
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling
 
 
-def grid_array(images, cols=8):
-    """float [-1, 1] [N, 3, H, W] -> uint8 [rows (H + 2) + 2, cols (W + 2) + 2, 3], 2 px white
-    gaps, blank cells at the end of the last row."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+def to_uint8(x):
+    """float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid_array(x, cols=8):
+    """uint8 [N, H, W, 3] -> one uint8 image of them in rows of cols, with 2 px white gaps."""
     x = np.pad(x, ((0, -len(x) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
@@ -547,41 +543,39 @@ def write_grid(ema, sched, cfg, device, name):
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
     gen = torch.Generator(device).manual_seed(cfg.seed)
     x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
-    Image.fromarray(grid_array(x)).save(os.path.join(cfg.out, name))
-    return os.path.join(cfg.out, name)
+    Image.fromarray(grid_array(to_uint8(x))).save(path := os.path.join(cfg.out, name))
+    return path
 
 
 def sample_main(cfg, ckpt, name):
     """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
     device, model = pick_device(), build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["ema"])
-    except (RuntimeError, KeyError) as e:
-        fail(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0][:100]}) "
-             "-- do not pass network flags with --sample")
+    restore(ckpt, dict(ema=model), name, rng=False)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
     sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
     steps, gen = cfg.sample_steps or cfg.T, torch.Generator(device).manual_seed(cfg.seed)
-    name = f"{name}_step{ckpt['step']}_{cfg.var}{steps}_seed{cfg.seed}"
+    name = f"{os.path.splitext(os.path.basename(name))[0]}_step{ckpt['step']}_{cfg.var}{steps}_" \
+           f"seed{cfg.seed}"
     # GIF frames at these step indices: denser towards the end, where the details form
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
-    images, t0 = [], time.time()
+    images, t0 = np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8), time.time()
     for i in range(0, cfg.n, cfg.sample_batch):  # full batches only: one compiled shape
         x = sample(net, sched, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), cfg,
                    device, gen, record=record if i == 0 else None)
-        images += list(x[:cfg.n - i].cpu())
+        images = np.concatenate([images, to_uint8(x[:cfg.n - i])])
         print(f"sampled {len(images)}/{cfg.n} ({time.time() - t0:.0f} s)", flush=True)
-    Image.fromarray(grid_array(torch.stack(images[:64]))).save(f"{cfg.out}/{name}.png")
-    frames = [Image.fromarray(np.concatenate([grid_array(x_t, 4), grid_array(x0, 4)], axis=1))
+    Image.fromarray(grid_array(images[:64])).save(f"{cfg.out}/{name}.png")
+    frames = [Image.fromarray(np.concatenate([grid_array(to_uint8(x_t), 4),
+                                              grid_array(to_uint8(x0), 4)], axis=1))
               for x_t, x0 in (record[k] for k in sorted(record))]  # x_t | predicted x_0
     frames[0].save(f"{cfg.out}/{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
     print(f"wrote {name}.png and {name}.gif in {cfg.out}")
     if cfg.n > 64:
         os.makedirs(folder := f"{cfg.out}/{name}_n{cfg.n}", exist_ok=True)
-        for k, x in enumerate(images):
-            Image.fromarray(grid_array(x[None], 1)[2:-2, 2:-2]).save(f"{folder}/{k:06d}.png")
+        for k, im in enumerate(images):
+            Image.fromarray(im).save(f"{folder}/{k:06d}.png")
         print(f"wrote {cfg.n} PNGs to {folder}")
 
 
@@ -589,27 +583,23 @@ def sample_main(cfg, ckpt, name):
 # Command line: --train | --sample, and every Config field as a flag.
 
 
-def parse_args(argv=None):
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: sys.exit(f"ddpm.py: {message} -- see python ddpm.py --help")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (writes --ckpt, grids in --out)")
     mode.add_argument("--sample", action="store_true", help="sample from --ckpt into --out")
-    p.add_argument("--ckpt", default="ddpm.pt", help="checkpoint path (default: ddpm.pt)")
+    p.add_argument("--ckpt", default="ddpm.pt", help="checkpoint path (ddpm.pt)")
     p.add_argument("--resume", action="store_true", help="with --train: continue --ckpt")
+    tuples = lambda text: tuple(int(v) for v in text.split(",") if v.strip())  # noqa: E731
     for f in fields(Config):
-        tuples = lambda text: tuple(int(v) for v in text.split(",") if v.strip())  # noqa: E731
         kind = {bool: None, tuple: tuples}.get(type(f.default), type(f.default))
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         extra = dict(action=argparse.BooleanOptionalAction) if kind is None else dict(type=kind)
         p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS, **extra,
                        choices=f.metadata["choices"], help=f"{f.metadata['help']} ({shown})")
     args = p.parse_args(argv)
-    return args, {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
-
-
-def main(argv=None):
-    args, given = parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if args.resume and not args.train:
         fail("--resume goes with --train")
     state = load_checkpoint(args.ckpt) if args.resume or args.sample else None
@@ -617,7 +607,7 @@ def main(argv=None):
     check_config(cfg)
     if args.sample:
         writable_or_fail(cfg.out)
-        return sample_main(cfg, state, os.path.splitext(os.path.basename(args.ckpt))[0])
+        return sample_main(cfg, state, args.ckpt)
     if not args.resume and os.path.exists(args.ckpt):
         fail(f"{args.ckpt} exists -- add --resume to continue it, or --ckpt NEW.pt for a new run")
     train(cfg, args.ckpt, state)
