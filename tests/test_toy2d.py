@@ -1,11 +1,14 @@
-"""toy2d.py against exact answers: closed forms of the forward process and the posterior, the exact
-noise predictor of a Gaussian mixture, the swiss roll's construction, and the command line.
+"""toy2d.py against exact answers: closed forms of the forward process, the posterior and the
+training objective, the exact noise predictor of a Gaussian mixture, the data sets, the metrics,
+the step convention shared with ddpm.py, and the command line.
 
 Every Monte Carlo check is seeded and allows 5 standard errors (a false alarm about 1 in 10^6 per
 check). A sampler's discretisation bias is computed exactly (one Gaussian: every step is affine)
 and added to the target; on the mixture, what that misses is bounded (see the test).
 """
 import math
+import os
+import signal
 import subprocess
 import sys
 
@@ -13,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+import ddpm
 import toy2d
 
 T = 1000
-SCHEDULES = {kind: toy2d.make_schedule(T, kind) for kind in ("linear", "cosine")}
+SCHED = toy2d.make_schedule(T)
 # float64 tables for the closed-form checks: in float32, 1 - abar is off by ~1e-4 of itself near
 # t = 0 (abar = 0.9999), which biases the posterior mean by ~1e-4: several s.e. at n = 200,000.
-SCHEDULES64 = {kind: toy2d.make_schedule(T, kind, dtype=torch.float64) for kind in SCHEDULES}
+SCHED64 = toy2d.make_schedule(T, torch.float64)
+REPO = os.path.dirname(os.path.abspath(toy2d.__file__))
 
 
 def within(value, target, se, k=5.0):
@@ -28,30 +33,38 @@ def within(value, target, se, k=5.0):
     assert np.all(np.abs(value - target) < k * se), (value, target, se)
 
 
-def test_schedules():
-    """Linear: betas from 1e-4 to 0.02 (DDPM Sec. 4). Cosine: abar_t = f(t+1) / f(0),
-    f(t) = cos^2((t/T + s) / (1 + s) pi/2), s = 0.008 (Nichol & Dhariwal Eq. 17) wherever beta is
-    not clipped at 0.999. Both: alphas_cumprod_prev[t] = abar_{t-1}, 1 at t = 0."""
-    lin, cos = SCHEDULES64["linear"], SCHEDULES64["cosine"]
-    np.testing.assert_allclose(lin["betas"][[0, -1]].numpy(), [1e-4, 0.02], rtol=1e-12)
-    f = lambda t: np.cos((t / T + 0.008) / 1.008 * np.pi / 2) ** 2
-    unclipped = cos["betas"].numpy() < 0.999
-    np.testing.assert_allclose(cos["alphas_cumprod"].numpy()[unclipped],
-                               (f(np.arange(1, T + 1)) / f(0))[unclipped], rtol=1e-12)
-    for sched in (lin, cos):
-        torch.testing.assert_close(sched["alphas_cumprod"], torch.cumprod(1 - sched["betas"], 0))
-        assert sched["alphas_cumprod_prev"][0] == 1
-        assert torch.equal(sched["alphas_cumprod_prev"][1:], sched["alphas_cumprod"][:-1])
+def oracle(sched):
+    return lambda x, t: toy2d.oracle_eps(x, t, sched)
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule():
+    """betas from 1e-4 to 0.02 at T = 1000, times 1000/T at other T (DDPM Sec. 4), evenly spaced;
+    alphas = 1 - betas, alphas_cumprod their running product, alphas_cumprod_prev[t] = abar_{t-1}
+    with 1 at t = 0."""
+    for steps, first, last in ((T, 1e-4, 0.02), (100, 1e-3, 0.2), (21, 1e-4 * 1000 / 21, 20 / 21)):
+        betas = toy2d.make_schedule(steps, torch.float64)["betas"].numpy()
+        np.testing.assert_allclose(betas, np.linspace(first, last, steps), rtol=1e-12)
+    torch.testing.assert_close(SCHED64["alphas"], 1 - SCHED64["betas"])
+    torch.testing.assert_close(SCHED64["alphas_cumprod"], torch.cumprod(SCHED64["alphas"], 0))
+    assert SCHED64["alphas_cumprod_prev"][0] == 1
+    assert torch.equal(SCHED64["alphas_cumprod_prev"][1:], SCHED64["alphas_cumprod"][:-1])
+
+
+def test_schedule_is_ddpm_py_s():
+    """The same float32 tables as ddpm.make_schedule("linear", T), bit for bit, at several T."""
+    for steps in (1000, 100, 50, 21):
+        ours, theirs = toy2d.make_schedule(steps), ddpm.make_schedule("linear", steps)
+        for name in ("betas", "alphas", "alphas_cumprod"):
+            assert torch.equal(ours[name], theirs[name]), (steps, name)
+
+
 @pytest.mark.parametrize("t", [0, 9, 300])
-def test_forward_process_marginal(kind, t):
+def test_forward_process_marginal(t):
     """t+1 single steps x_s = sqrt(alpha_s) x_{s-1} + sqrt(beta_s) z (DDPM Eq. 2) have the
     marginal of q_sample, N(sqrt(abar_t) x0, (1 - abar_t) I) (DDPM Eq. 4). n = 40,000 chains:
     mean s.e. sqrt(var / n), variance s.e. var sqrt(2 / n) (0.7 %), so a shift of t by one
-    (beta_9 is 15 % of 1 - abar_9 on the linear schedule) is caught."""
-    sched, n = SCHEDULES64[kind], 40_000
+    (beta_9 is 15 % of 1 - abar_9) is caught."""
+    sched, n = SCHED64, 40_000
     gen = torch.Generator().manual_seed(t)
     x0 = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     x = x0.expand(n, 2)
@@ -64,13 +77,13 @@ def test_forward_process_marginal(kind, t):
     within(x.var(0), var[0], var[0] * math.sqrt(2 / n))
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-@pytest.mark.parametrize("t", [1, 10, 300, 999])
-def test_posterior_is_the_conditional_of_the_forward_process(kind, t):
+@pytest.mark.parametrize("steps, t", [(T, 1), (T, 10), (T, 300), (T, 999), (21, 5), (21, 20)])
+def test_posterior_is_the_conditional_of_the_forward_process(steps, t):
     """Draw x0 (the mixture), x_{t-1} ~ q(x_{t-1} | x0), x_t ~ q(x_t | x_{t-1}). Then
     r = x_{t-1} - mu~(x0, x_t) (DDPM Eq. 7) has mean 0, variance beta~_t, and is uncorrelated with
-    x0 and x_t. n = 200,000; every tolerance is 5 s.e. of the sample statistic."""
-    sched, n = SCHEDULES64[kind], 200_000
+    x0 and x_t. n = 200,000; every tolerance is 5 s.e. of the sample statistic. T = 21 (betas up
+    to 0.95) tells apart sqrt(abar_t) and sqrt(abar_{t-1}), which differ by sqrt(1 - beta_t)."""
+    sched, n = (SCHED64 if steps == T else toy2d.make_schedule(steps, torch.float64)), 200_000
     gen = torch.Generator().manual_seed(t)
     x0 = torch.tensor(toy2d.make_data("mixture", n, np.random.default_rng(t)), dtype=torch.float64)
     x_prev = toy2d.q_sample(x0, t - 1, toy2d.noise_like(x0, gen), sched)
@@ -84,28 +97,59 @@ def test_posterior_is_the_conditional_of_the_forward_process(kind, t):
         within((r * z).mean(0), 0, (r * z).std(0) / math.sqrt(n))
 
 
+def test_denoising_loss_draws_t_uniformly_and_pairs_it_with_its_noise():
+    """DDPM Alg. 1: t ~ U{0, ..., T-1}, x_t = q_sample(x0, t, eps), loss = mean |eps - eps_theta|^2.
+    With x0 one point c, eps = (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t) exactly: a network that
+    returns this scores 0 (float32 rounding: < 1e-6), one that returns 0 scores E eps^2 = 1 (s.e.
+    sqrt(2 / 2n)). The t it is shown: both ends drawn, mean (T-1)/2 and variance (T^2-1)/12 of
+    the discrete uniform within 5 s.e. (sqrt(var / n), var sqrt(4/5 / n)); n = 100,000."""
+    sched, n = SCHED, 100_000
+    c, seen = torch.tensor([[0.7, -1.2]]).expand(n, 2), []
+
+    def exact(x_t, t):
+        seen.append(t)
+        abar = sched["alphas_cumprod"][t][:, None]
+        return (x_t - abar.sqrt() * c) / (1 - abar).sqrt()
+    torch.manual_seed(0)
+    assert toy2d.denoising_loss(exact, c, sched) < 1e-6
+    within(toy2d.denoising_loss(lambda x, t: torch.zeros_like(x), c, sched), 1, math.sqrt(1 / n))
+    t, var = seen[0].double(), (T**2 - 1) / 12
+    assert t.min() == 0 and t.max() == T - 1
+    within(t.mean(), (T - 1) / 2, math.sqrt(var / n))
+    within(t.var(), var, var * math.sqrt(0.8 / n))   # uniform: Var[(t - mu)^2] = 4/5 var^2
+
+
 def test_ddim_timesteps():
-    """Pairs start at T-1, end with t_prev = -1 (abar = 1), chain, no duplicates, S of them; the
-    sampler calls the network at exactly those t."""
-    for S in (1, 2, 7, 50, 999, 1000):
+    """Convention shared with ddpm.py and ddim.py: t_i = floor((T-1)(S-1-i)/(S-1) + 1/2), ties
+    rounded up (T = 6, S = 3: 2.5 -> 3), S = 1 is [T-1]. Pairs chain down to t_prev = -1 with no
+    duplicates; the sampler calls the network at exactly those t. The float formula below is
+    exact here: a true tie is a representable k + 1/2, any other value is >= 1/2000 from one."""
+    assert toy2d.ddim_timesteps(6, 3) == [(5, 3), (3, 0), (0, -1)]
+    for S in range(1, T + 1):
         pairs = toy2d.ddim_timesteps(T, S)
         ts = [t for t, _ in pairs]
-        assert len(pairs) == S and ts[0] == T - 1 and pairs[-1][1] == -1
-        assert [p for _, p in pairs[:-1]] == ts[1:] and all(a > b for a, b in zip(ts, ts[1:]))
-    assert toy2d.ddim_timesteps(T, T) == [(t, t - 1) for t in range(T - 1, -1, -1)]
+        i = np.arange(S)
+        assert ts == (np.floor((T - 1) * (S - 1 - i) / max(S - 1, 1) + 0.5).astype(int).tolist()
+                      if S > 1 else [T - 1])
+        assert [p for _, p in pairs] == ts[1:] + [-1] and all(a > b for a, b in zip(ts, ts[1:]))
     seen = []
     cfg = toy2d.Config(ddim_steps=7, n_samples=4)
-    toy2d.sample(lambda x, t: seen.append(t) or torch.zeros_like(x), SCHEDULES["linear"], cfg,
-                 "ddim", 0.0, torch.Generator().manual_seed(0), "cpu")
+    toy2d.sample(lambda x, t: seen.append(t) or torch.zeros_like(x), SCHED, cfg,
+                 "ddim", 0.0, torch.Generator().manual_seed(0))
     assert seen == [t for t, _ in toy2d.ddim_timesteps(T, 7)]
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_ddim_with_eta_1_and_all_steps_is_ddpm(kind):
+def test_ddim_timesteps_are_ddpm_py_s():
+    """The same list as ddpm.timesteps for every step count S = 1..1000 of T = 1000."""
+    for S in range(1, T + 1):
+        assert [t for t, _ in toy2d.ddim_timesteps(T, S)] == ddpm.timesteps(T, S).tolist(), S
+
+
+def test_ddim_with_eta_1_and_all_steps_is_ddpm():
     """With t_prev = t - 1 and eta = 1, DDIM Eq. 16 gives sigma_t^2 = beta~_t and Eq. 12 the
     posterior mean of DDPM Eq. 7: one step of each agrees for any eps (same noise draws), to
     float64 rounding."""
-    sched = SCHEDULES64[kind]
+    sched = SCHED64
     eps_fn = lambda x, t: torch.sin(3 * x + t)                    # any predictor will do
     x = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for t in (0, 1, 10, 500, 999):
@@ -154,10 +198,9 @@ def test_ddim_50_on_one_gaussian_matches_the_exact_propagation(eta, one_gaussian
     included: P - S reaches -0.05 (eta 0) and -0.1 (eta 1), 9 and 20 s.e., so the check sees
     the bias. n = 20,000; 5 s.e. of Gaussian moments."""
     m, S = one_gaussian
-    sched, n = SCHEDULES["linear"], 20_000
+    sched, n = SCHED, 20_000
     cfg = toy2d.Config(data="mixture", ddim_steps=50, n_samples=n)
-    x, _ = toy2d.sample(lambda x, t: toy2d.oracle_eps(x, t, sched), sched, cfg, "ddim", eta,
-                        torch.Generator().manual_seed(2), "cpu")
+    x, _ = toy2d.sample(oracle(sched), sched, cfg, "ddim", eta, torch.Generator().manual_seed(2))
     mu, P = gaussian_through_sampler(m, S, toy2d.ddim_timesteps(T, 50), eta, sched)
     se_mean, se_cov = moment_tolerances(P, n)
     x = x.double().numpy()
@@ -172,10 +215,10 @@ def test_annealed_langevin_on_one_gaussian_matches_the_exact_propagation(one_gau
     mu' = A mu + b, P' = A P A^T + alpha I, from N(0, sigma_1^2 I). This includes Langevin's
     own step-size bias. 20 levels x 5 steps, n = 20,000; 5 s.e. of Gaussian moments."""
     m, S = one_gaussian
-    sched, n = SCHEDULES["linear"], 20_000
+    sched, n = SCHED, 20_000
     cfg = toy2d.Config(data="mixture", langevin_levels=20, langevin_steps=5, n_samples=n)
-    x, _ = toy2d.sample(lambda x, t: toy2d.oracle_eps(x, t, sched), sched, cfg, "langevin", 0.0,
-                        torch.Generator().manual_seed(3), "cpu")
+    x, _ = toy2d.sample(oracle(sched), sched, cfg, "langevin", 0.0,
+                        torch.Generator().manual_seed(3))
     abar, eye = sched["alphas_cumprod"].double().numpy(), np.eye(2)
     levels = [t for t, _ in toy2d.ddim_timesteps(T, cfg.langevin_levels)]
     mu, P = np.zeros(2), (1 - abar[levels[0]]) / abar[levels[0]] * eye
@@ -203,10 +246,9 @@ def test_oracle_samplers_reproduce_the_mixture(sampler, steps, eta, n):
     at most 0.006 in a mean and 0.008 in a covariance, under 2 s.e. here. Tolerances: 5 s.e. of
     Gaussian sample moments; weights sqrt(w (1-w) / n). (DDIM-50's interaction bias, 0.035 in
     the means, is not small: DDIM-50 is checked exactly on one Gaussian above.)"""
-    sched = SCHEDULES["linear"]
+    sched = SCHED
     cfg = toy2d.Config(data="mixture", ddim_steps=steps, n_samples=n)
-    x, _ = toy2d.sample(lambda x, t: toy2d.oracle_eps(x, t, sched), sched, cfg, sampler, eta,
-                        torch.Generator().manual_seed(1), "cpu")
+    x, _ = toy2d.sample(oracle(sched), sched, cfg, sampler, eta, torch.Generator().manual_seed(1))
     log_wn, _ = toy2d.mixture_terms(x, 1.0)
     k_of, x = log_wn.argmax(1).numpy(), x.double().numpy()
     w = toy2d.MIX_W
@@ -223,7 +265,7 @@ def test_oracle_samplers_reproduce_the_mixture(sampler, steps, eta, n):
 def test_oracle_is_the_conditional_mean_of_the_noise(t):
     """Tweedie: eps*(x_t) = E[eps | x_t], so eps - eps*(x_t) has mean 0 and is uncorrelated with
     x_t. n = 200,000 pairs (x0 from the mixture, eps); 5 s.e. of the sample means."""
-    sched, n = SCHEDULES["linear"], 200_000
+    sched, n = SCHED, 200_000
     x0 = torch.tensor(toy2d.make_data("mixture", n, np.random.default_rng(t)))
     eps = torch.randn(n, 2, generator=torch.Generator().manual_seed(t))
     x_t = toy2d.q_sample(x0, t, eps, sched)
@@ -233,16 +275,27 @@ def test_oracle_is_the_conditional_mean_of_the_noise(t):
         within((r * z).mean(0), 0, (r * z).std(0) / math.sqrt(n))
 
 
+@pytest.mark.parametrize("abar", [1.0, 0.3])
+def test_mixture_density_integrates_to_one(abar):
+    """log q_t of mixture_terms (the metrics' 'mean log q0' at abar = 1) is a normalised density:
+    a midpoint sum over [-8, 8]^2 with step 0.02 (the thinnest std is 0.22, 11 steps) is 1 to
+    1e-6 (the rule's error on Gaussians is far smaller; the tails outside hold < 1e-12)."""
+    g = torch.arange(-8 + 0.01, 8, 0.02, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g)
+    log_q = torch.logsumexp(toy2d.mixture_terms(grid, abar)[0], 1)
+    assert abs(log_q.exp().sum().item() * 0.02**2 - 1) < 1e-6
+
+
 def test_trained_network_is_close_to_the_oracle():
-    """A short CPU run on the mixture (600 steps, ~1.5 s) learns eps*: the mean of
-    |eps_theta - eps*|^2 over x_t ~ q_t at t = 0, 50, ..., 950 is under 10 % of the irreducible
-    denoising loss E|eps - eps*|^2 (measured: 0.0098 against 0.29, 3.4 %). A quality bar, not a
-    statistical test; n = 4,000 per t keeps its Monte Carlo error near 1 %."""
+    """A short CPU run on the mixture (600 steps) learns eps*: the mean of |eps_theta - eps*|^2
+    over x_t ~ q_t at t = 0, 50, ..., 950 is under 10 % of the irreducible denoising loss
+    E|eps - eps*|^2 (measured: 0.0098 against 0.29, 3.4 %). A quality bar, not a statistical
+    test; n = 4,000 per t keeps its Monte Carlo error near 1 %."""
     torch.manual_seed(0)
     cfg = toy2d.Config(data="mixture", steps=600, batch=256, hidden=64, blocks=2)
-    sched, n = SCHEDULES["linear"], 4000
+    sched, n = SCHED, 4000
     data = torch.tensor(toy2d.make_data("mixture", 100_000, np.random.default_rng(0)))
-    model = toy2d.train(cfg, data, sched, torch.device("cpu"))
+    model = toy2d.train(cfg, data, sched)
     x0 = torch.tensor(toy2d.make_data("mixture", n, np.random.default_rng(1)))
     eps = torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
     err, floor = [], []
@@ -257,20 +310,21 @@ def test_trained_network_is_close_to_the_oracle():
 
 
 def test_swiss_roll():
-    """The (t, h) rectangle [1.5 pi, 4.5 pi] x [0, 21] minus its middle cell: no point in the
-    hole, 1/8 in each other cell (5 s.e. sqrt(p (1-p) / n), n = 200,000); the points are
-    (t cos t, t sin t) after one affine map, with scalar mean 0 and scalar std 2 (5 s.e. of the
-    per-point means of x + y and x^2 + y^2), so the middle third of the spiral holds 2/8."""
+    """KAIST's swiss roll in 2D: the points are (t cos t, t sin t) after one affine map, with t
+    uniform on the columns [1.5 pi, 2.5 pi], [2.5 pi, 3.5 pi], [3.5 pi, 4.5 pi] with weights
+    3/8, 2/8, 3/8 (the hole takes one of the middle column's three cells); 5 s.e.
+    sqrt(p (1-p) / n), n = 200,000. Standardised by the exact moments: scalar mean 0 and scalar
+    std 2 (5 s.e. of the per-point means of x + y and x^2 + y^2)."""
     n = 200_000
-    t, h = toy2d.swiss_roll_params(n, np.random.default_rng(0))
-    col, row = ((t / np.pi - 1.5) // 1).astype(int), (h // 7).astype(int)
-    assert t.min() >= 1.5 * np.pi and t.max() <= 4.5 * np.pi and h.min() >= 0 and h.max() <= 21
-    assert not np.any((col == 1) & (row == 1))
-    counts = np.bincount(3 * col + row, minlength=9)
-    within(np.delete(counts, 4) / n, 1 / 8, math.sqrt(1 / 8 * 7 / 8 / n))
     x = toy2d.make_data("swiss_roll", n, np.random.default_rng(0)).astype(np.float64)
     mean, std = toy2d.swiss_roll_moments()
-    np.testing.assert_allclose(np.linalg.norm(x / 2 * std + mean, axis=1), t, rtol=1e-5)
+    p = x / 2 * std + mean                          # back to (t cos t, t sin t)
+    t = np.linalg.norm(p, axis=1)
+    np.testing.assert_allclose(p, t[:, None] * np.stack([np.cos(t), np.sin(t)], 1), atol=1e-4)
+    assert t.min() > 1.5 * np.pi - 1e-5 and t.max() < 4.5 * np.pi + 1e-5
+    col = np.clip((t / np.pi - 1.5) // 1, 0, 2).astype(int)
+    w = np.array([3, 2, 3]) / 8
+    within(np.bincount(col, minlength=3) / n, w, np.sqrt(w * (1 - w) / n))
     s1, s2 = x.mean(1), (x**2).mean(1)
     within(s1.mean(), 0, s1.std() / math.sqrt(n))
     within(s2.mean(), 4 + s1.mean() ** 2, s2.std() / math.sqrt(n))
@@ -292,36 +346,89 @@ def test_chamfer_and_mmd():
         within(np.mean(reps), exact, np.std(reps, ddof=1) / math.sqrt(len(reps)))
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--data", "nope"], ["unknown --data", *toy2d.DATASETS]),
-    (["--oracle"], ["--oracle", "--data mixture"]),
-    (["--ddim-steps", "0"], ["--ddim-steps"]),
-    (["--steps", "0"], ["--steps"]),
-    (["--etas", "0,-0.5"], ["--etas", "[0, 1]"]),
-    (["--etas", "1.5"], ["--etas", "[0, 1]"]),
-    (["--etas", "zero"], ["--etas", "not a list"]),
-    (["--lr", "0"], ["--lr", "above 0"]),
-    (["--ddim-steps", "2000"], ["--ddim-steps", "1000"]),
+# ------------------------------------------------------------------------------- command line
+def stops(call):
+    """The one-line message of a SystemExit raised by call() (exit status 1: a string code)."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith("toy2d.py: ") and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--data", "nope"], "--data"), (["--steps", "1.5"], "--steps"), (["--steps", "0"], "--steps"),
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--langevin-step", "-inf"], "--lang"),
+    (["--hidden", "7"], "--hidden"), (["--n-samples", "1"], "--n-samples"),
+    (["--etas", "0", "1.5"], "--etas"), (["--etas", "nan"], "--etas"), (["--etas", "x"], "--etas"),
+    (["--seed", "-1"], "--seed"), (["--oracle"], "--data mixture"), (["--T", "20"], "--T 20"),
+    (["--ddim-steps", "2000"], "--ddim-steps"), (["--sampler", "langevin", "--T", "50"],
+                                                 "--langevin-levels"),
 ])
-def test_bad_input_is_one_clear_line(argv, words):
-    with pytest.raises(SystemExit) as e:
-        toy2d.check_config(toy2d.parse_config(argv))
-    message = str(e.value.code)
-    assert message.startswith("toy2d.py: ") and "\n" not in message
-    assert all(w in message for w in words), message
+def test_bad_input_is_one_clear_line(argv, flag):
+    assert flag in stops(lambda: toy2d.check_config(toy2d.parse_config(argv)))
 
 
-def test_an_unwritable_out_stops_before_training(tmp_path):
+@pytest.mark.parametrize("argv", [
+    ["--T", "50", "--ddim-steps", "10"],            # Langevin's 100 levels: Langevin is not run
+    ["--T", "21", "--sampler", "ddpm"], ["--etas", "0", "1"]])
+def test_good_input_passes(argv):
+    toy2d.check_config(toy2d.parse_config(argv))
+
+
+def test_an_unwritable_out_stops_before_training(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")  # a file where the folder should be
+    monkeypatch.setattr(toy2d, "train", lambda *a: pytest.fail("trained before checking --out"))
     cfg = toy2d.parse_config(["--out", str(tmp_path / "file" / "out")])
-    with pytest.raises(SystemExit) as e:
-        toy2d.main(cfg, toy2d.check_config(cfg))
-    assert str(e.value.code).endswith("(Not a directory) -- pass a writable --out")
+    assert "pass a writable --out" in stops(lambda: toy2d.main(cfg))
+
+
+def test_a_run_writes_into_out_what_it_says(tmp_path, monkeypatch, capsys):
+    """Default --out is out/ of the working folder (never the repository's samples/); each
+    "wrote PATH" names a file that exists; the .npy holds the samples."""
+    monkeypatch.chdir(tmp_path)
+    toy2d.main(toy2d.parse_config("--data mixture --oracle --sampler ddim --ddim-steps 5 --etas 0 "
+                                  "--n-samples 64".split()))
+    wrote = [line[6:] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote")]
+    assert sorted(wrote) == [f"out/toy2d_mixture_oracle_ddim5_eta0.{e}" for e in ("gif", "png")]
+    assert all(os.path.isfile(path) for path in wrote)
+    x = np.load("out/toy2d_mixture_oracle_ddim5_eta0.npy")
+    assert x.shape == (64, 2) and np.isfinite(x).all()
+
+
+def test_diverging_runs_stop_with_the_flag_to_lower(tmp_path):
+    """A Langevin step far past stability (alpha_i / sigma_i^2 < 4 for the exact score) or an
+    exploding learning rate: one line naming the flag, no pictures of non-finite samples."""
+    cfg = toy2d.parse_config(["--data", "mixture", "--oracle", "--sampler", "langevin",
+                              "--langevin-step", "1000", "--langevin-levels", "20",
+                              "--n-samples", "64", "--out", str(tmp_path)])
+    assert "lower --langevin-step" in stops(lambda: toy2d.main(cfg))
+    assert not list(tmp_path.glob("*.png"))
+    cfg = toy2d.Config(lr=1e30, steps=3, batch=64, hidden=16, blocks=1)
+    data = torch.tensor(toy2d.make_data("moons", 1000, np.random.default_rng(0)))
+    assert "lower --lr" in stops(lambda: toy2d.train(cfg, data, SCHED))
+
+
+def test_ctrl_c_stops_with_one_line(tmp_path):
+    """The real command line, interrupted during training: exit status 130, one line on stderr,
+    no traceback, nothing written."""
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "toy2d.py"), "--steps", "1000000",
+                          "--batch", "64", "--hidden", "16", "--blocks", "1"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = b""
+    while b"step 1/" not in out:   # training has begun
+        chunk = os.read(p.stdout.fileno(), 4096)
+        assert chunk, p.communicate()
+        out += chunk
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.decode().strip() == "toy2d.py: stopped by Ctrl-C"
+    assert not list(tmp_path.glob("out/*.*"))
 
 
 def test_bad_input_from_the_shell():
-    """The real command line: exit status 1, one line on stderr, no traceback."""
-    p = subprocess.run([sys.executable, "toy2d.py", "--data", "nope"], capture_output=True,
-                       text=True, cwd=toy2d.__file__.rsplit("/", 1)[0])
-    assert p.returncode == 1 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
-    assert "swiss_roll" in p.stderr and "Traceback" not in p.stderr
+    """The real command line: exit status 1, one line on stderr, no traceback, no output."""
+    p = subprocess.run([sys.executable, "toy2d.py", "--lr", "inf"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == ["toy2d.py: --lr inf: must be a finite number"]
