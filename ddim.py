@@ -273,9 +273,9 @@ def main(argv=None):
     cfg = Config(**vars(p.parse_args(argv)))
     check_config(cfg)
     net, abar, c, step = load_checkpoint(cfg.ckpt, "cuda" if torch.cuda.is_available() else "cpu")
-    if not all(1 <= S <= len(abar) for S in cfg.compare or (cfg.steps,)):
-        fail(f"--{'compare' if cfg.compare else 'steps'}: {cfg.ckpt} was trained with T = "
-             f"{len(abar)} -- pass step counts from 1 to {len(abar)}")
+    if not 1 <= min(counts := cfg.compare or (cfg.steps,)) <= max(counts) <= len(abar):
+        fail(f"--{'compare' if cfg.compare else 'steps'} {','.join(map(str, counts))}: {cfg.ckpt} "
+             f"has T = {len(abar)} -- pass step counts from 1 to {len(abar)}")
     print(f"{cfg.ckpt}: step {step}, {c['schedule']} T = {len(abar)}, predicts {c['prediction']}, "
           f"{c['image_size']}px; on {abar.device}", flush=True)
     if cfg.compile and abar.is_cuda and cfg.n > cfg.batch and not cfg.invert:

@@ -330,6 +330,16 @@ def test_sample_grid_gif_and_pngs(ckpt, tmp_path, capsys):
     assert np.abs(v - np.asarray(Image.open(f"{name}.png"), float)).mean() > 5
 
 
+def test_a_long_batch_reports_its_steps(ckpt, capsys, monkeypatch):
+    """A batch that takes minutes on a CPU is never silent: with a clock that moves 6 s per look,
+    every other step says how far the batch is."""
+    clock = iter(range(0, 10_000, 6))
+    monkeypatch.setattr(ddim.time, "time", lambda: next(clock))
+    net, abar, c, _ = ddim.load_checkpoint(str(ckpt))
+    ddim.sample_images(net, abar, c, ddim.Config(steps=6), 0, 1)
+    assert re.findall(r"step (\d+)/6", capsys.readouterr().out) == ["2", "4", "6"]
+
+
 def test_batch_does_not_change_the_images(ckpt):
     """Image k's starting and step noise come from a generator keyed on (seed, k): other batches
     change the images only by float32 rounding (convolutions of another batch size sum in
@@ -388,15 +398,15 @@ def test_invert_reports_the_psnr_of_what_it_writes(ckpt, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, says", [
     (["--steps", "0"], "--steps 0: must be at least 1"),
-    (["--steps", "51"], "T = 50"),
+    (["--steps", "51"], "--steps 51: "),
     (["--eta", "nan"], "--eta nan: must be a finite number"),
     (["--eta", "inf"], "--eta inf: must be a finite number"),
     (["--eta", "-0.5"], "--eta -0.5: must be in [0, 1]"),
     (["--batch", "0"], "--batch 0"),
     (["--seed", "-1"], "--seed -1"),
     (["--spacing", "leading"], "--spacing"),
-    (["--compare", "5,51"], "--compare"),
-    (["--compare", "0,5"], "--compare"),
+    (["--compare", "5,51"], "--compare 5,51: "),
+    (["--compare", "0,5"], "--compare 0,5: "),
     (["--compare", "a,b"], "--compare"),
     (["--compare", "5", "--interp"], "separate runs"),
     (["--invert", "no/such.png"], "no readable images"),
