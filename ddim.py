@@ -194,7 +194,7 @@ def ddim_step(x_t, out, abar_t, abar_prev, eta, prediction, clip, noise=None):
         x0_pred = x0_pred.clamp(-1, 1)
         eps = (x_t - abar_t.sqrt() * x0_pred) / (1 - abar_t).sqrt()
     # 3. Eq. 16: sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev);
-    #    0 outright at eta = 0, so that the step also runs upwards (abar_prev < abar_t, inversion).
+    #    0 outright at eta = 0, where the root would be NaN upwards (inversion: abar_prev < abar_t).
     sigma_t = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt() if eta else 0
     # 4. The "direction pointing to x_t", scaled so that x_prev keeps the variance 1 - abar_prev.
     dir_xt = (1 - abar_prev - sigma_t ** 2).sqrt() * eps
@@ -243,14 +243,14 @@ def ddim_invert(net, alphas_cumprod, x0, pairs, prediction, bf16=True):
 
 def sample_images(net, abar, c, cfg, first, count, record=None):
     """Images first .. first+count-1 [count, 3, H, W]; image k's noises come from a generator seeded
-    with seed * 1_000_003 + k mod 2^32 (a CPU generator keeps 32 bits). --interp: x_T slerps."""
+    with seed * 1_000_003 + k mod 2^32 (a CPU generator keeps 32 bits), whatever the batch."""
     gens = [torch.Generator(abar.device).manual_seed((cfg.seed * 1_000_003 + k) % 2 ** 32)
             for k in range(first, first + count)]
     shape = (3, c["image_size"], c["image_size"])
     noise = lambda: torch.stack([torch.randn(shape, generator=g, device=abar.device)  # noqa: E731
                                  for g in gens]).contiguous(memory_format=torch.channels_last)
     x = noise()
-    if cfg.interp:  # at eta = 0 (DDIM Sec. 5.3)
+    if cfg.interp:  # from image 0's x_T to image 1's, sampled at eta = 0 (DDIM Sec. 5.3)
         x = slerp(x[0], x[1], torch.linspace(0, 1, count, device=abar.device))
     return ddim_sample(net, abar, x, timestep_pairs(c["T"], cfg.steps, cfg.spacing),
                        c["prediction"], 0.0 if cfg.interp else cfg.eta, cfg.clip, noise, cfg.bf16,
