@@ -39,7 +39,7 @@ AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (the unbiased MMD needs two points)"
 EVEN = (lambda v: v >= 2 and v % 2 == 0, "even and at least 2 (half sines, half cosines)")
 UNIT = (lambda v: all(0 <= e <= 1 for e in v), "in [0, 1]")   # False for nan too
 NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
-ABOVE_20 = (lambda v: v > 20, "above 20 (the last beta, 0.02 * 1000/T, must stay below 1)")
+ABOVE_20 = (lambda v: v > 20, "above 20 (the linear schedule's last beta is 20/T)")
 RED = (200, 30, 30)
 
 
