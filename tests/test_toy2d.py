@@ -410,13 +410,12 @@ def test_diverging_runs_stop_with_the_flag_to_lower(tmp_path):
 
 
 def test_ctrl_c_stops_with_one_line(tmp_path):
-    """The real command line, interrupted during training: exit status 130, one line on stderr,
-    no traceback, nothing written."""
-    p = subprocess.Popen([sys.executable, os.path.join(REPO, "toy2d.py"), "--steps", "1000000",
-                          "--batch", "64", "--hidden", "16", "--blocks", "1"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """The real command line, interrupted once its work has begun (data, then a training that
+    would never end): exit status 130, one line on stderr, no traceback, nothing written."""
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "toy2d.py"), "--steps", "1000000"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = b""
-    while b"step 1/" not in out:   # training has begun
+    while b"toy2d.py: {" not in out:   # main() has begun: it prints the config first
         chunk = os.read(p.stdout.fileno(), 4096)
         assert chunk, p.communicate()
         out += chunk
