@@ -330,6 +330,39 @@ def test_swiss_roll():
     within(s2.mean(), 4 + s1.mean() ** 2, s2.std() / math.sqrt(n))
 
 
+def test_the_other_data_sets():
+    """n = 100,000 points each. circles: radius 2 or 4, half each. checkerboard: the dark squares
+    of side 2 of [-4, 4]^2 (column + row even), 1/8 in each. gaussians8: within 1 of one of 8
+    centres 3 (cos, sin)(2 pi k / 8), 1/8 at each (with noise std 0.15 a point lies further out
+    with probability exp(-1 / 0.045) = 2e-10). moons: within 0.14 of one of the two unit arcs
+    after undoing the affine map (noise std 0.02 there: exp(-24.5) = 2e-11), half on each.
+    mixture: per component, weight, mean and covariance as declared (5 s.e.; assignment as in
+    test_oracle_samplers_reproduce_the_mixture). Fractions: 5 s.e. sqrt(p (1-p) / n)."""
+    n, rng = 100_000, np.random.default_rng(0)
+    frac = lambda hits, p: within(np.mean(hits), p, math.sqrt(p * (1 - p) / n))
+    r = np.linalg.norm(toy2d.make_data("circles", n, rng), axis=1)
+    assert np.allclose(np.minimum(abs(r - 2), abs(r - 4)), 0, atol=1e-5)
+    frac(r > 3, 0.5)
+    cell = np.floor((toy2d.make_data("checkerboard", n, rng) + 4) / 2).astype(int)
+    assert cell.min() >= 0 and cell.max() <= 3 and np.all(cell.sum(1) % 2 == 0)
+    frac(cell[:, 0] * 4 + cell[:, 1] == 2, 1 / 8)
+    x, a = toy2d.make_data("gaussians8", n, rng), 2 * np.pi * np.arange(8) / 8
+    d = np.linalg.norm(x[:, None] - 3 * np.stack([np.cos(a), np.sin(a)], 1), axis=2)
+    assert d.min(1).max() < 1
+    frac(d.argmin(1) == 5, 1 / 8)
+    p = toy2d.make_data("moons", n, rng) / 2 + [0.5, 0.25]
+    upper, lower = abs(np.linalg.norm(p, axis=1) - 1), abs(np.linalg.norm(p - [1, 0.5], axis=1) - 1)
+    assert np.minimum(upper, lower).max() < 0.14
+    frac(upper < lower, 0.5)
+    x, w = toy2d.make_data("mixture", n, rng).astype(np.float64), toy2d.MIX_W
+    k_of = toy2d.mixture_terms(torch.tensor(x), 1.0)[0].argmax(1).numpy()
+    within(np.bincount(k_of, minlength=3) / n, w, np.sqrt(w * (1 - w) / n))
+    for k, (m, S) in enumerate(zip(toy2d.MIX_MU, toy2d.MIX_COV)):
+        se_mean, se_cov = moment_tolerances(S, np.sum(k_of == k))
+        within(x[k_of == k].mean(0), m, se_mean)
+        within(np.cov(x[k_of == k].T), S, se_cov)
+
+
 def test_chamfer_and_mmd():
     """Chamfer on a hand-worked case: a = {(0,0), (1,0)}, b = {(0,1)}: a->b 1 + 2, b->a 1, = 4.
     MMD^2 between N(0, s^2 I) and N(m, s^2 I), RBF bandwidth h, in 2D, closed form:
