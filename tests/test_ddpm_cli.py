@@ -62,15 +62,15 @@ def record_lrs(monkeypatch):
 def test_minutes_plan_the_steps_that_fit_after_timing_ten(in_tmp, monkeypatch, step_clock):
     """--minutes M: the budget counts from the first step (the compile); steps 4 to 13 are timed
     and the rest planned to fill what is left, whatever --steps says, and the cosine LR then runs
-    to 0 by step: here 60 s, a first step of 20 s, then 0.5 s a step: 13 + (60 - 20 - 12 x 0.5)
-    / 0.5 = 81 steps."""
-    step_clock(ddpm, first=20.0, rest=0.5)
+    to 0 by step: here 30 s, a first step of 10 s, then 0.5 s a step: 13 + (30 - 10 - 12 x 0.5)
+    / 0.5 = 41 steps."""
+    step_clock(ddpm, first=10.0, rest=0.5)
     lrs = record_lrs(monkeypatch)
-    run("--train", "--steps", "100000", "--minutes", "1")
+    run("--train", "--steps", "100000", "--minutes", "0.5", "--log-every", "10")
     ckpt = weights("ddpm.pt")
-    assert ckpt["step"] == len(lrs) == 81
-    assert ckpt["config"]["steps"] == 81 and ckpt["config"]["minutes"] == 0  # --resume: no more
-    expected = [8e-4 * 0.5 * (1 + math.cos(math.pi * k / 81)) for k in range(13, 81)]
+    assert ckpt["step"] == len(lrs) == 41
+    assert ckpt["config"]["steps"] == 41 and ckpt["config"]["minutes"] == 0  # --resume: no more
+    expected = [8e-4 * 0.5 * (1 + math.cos(math.pi * k / 41)) for k in range(13, 41)]
     assert lrs[13:] == pytest.approx(expected, rel=1e-9)  # by step, to 0 at the planned end
     assert lrs[1] > 0.99 * 8e-4  # before the plan: the provisional end leaves the peak LR
 
@@ -78,8 +78,8 @@ def test_minutes_plan_the_steps_that_fit_after_timing_ten(in_tmp, monkeypatch, s
 def test_minutes_with_resume_plans_that_many_more_minutes(in_tmp, monkeypatch, step_clock):
     run("--train", "--steps", "3")
     step_clock(ddpm, first=1.0, rest=0.25)
-    run("--train", "--resume", "--minutes", "0.2")  # 12 s: 13 + (12 - 1 - 3) / 0.25 = 45 steps
-    assert weights("ddpm.pt")["step"] == 3 + 45
+    run("--train", "--resume", "--minutes", "0.1", "--log-every", "10")  # 6 s: 13 + (6 - 1 - 3)
+    assert weights("ddpm.pt")["step"] == 3 + 21  # / 0.25 = 21 steps
 
 
 def interrupt_at(monkeypatch, call):
