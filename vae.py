@@ -1,7 +1,7 @@
 """Auto-Encoding Variational Bayes (Kingma & Welling 2013, arXiv 1312.6114v11).
 
 A convolutional VAE on cartoon faces (or your images): trains on the ELBO, samples from the prior,
-reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in nats and bits/dim.
+reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in bits/dim.
 
     python vae.py --train [--data DIR]    # one GPU; writes vae.pt (at the end and on Ctrl-C)
     python vae.py --sample --n 5000       # a grid of 64 and 5000 single PNGs (for FID) in out/
@@ -9,12 +9,11 @@ reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in nat
     python vae.py --eval                  # held-out -ELBO = recon + KL, and IWAE with K = 100
 
 Likelihood. Pixels x in {0..255}^D, D = 3 H W, are dequantised, y = x + u with u ~ U[0, 1)^D, and
-the networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), with one
-learned sigma per colour channel c (as in sigma-VAE, Rybkin et al. 2020, arXiv 2006.13202). In the
-units of y, log p(y|z) = log p(s|z) - D log 128 (change of variables), and E_u log p(x + u) <=
-log P(x) by Jensen (Theis et al. 2016, arXiv 1511.01844, Sec. 3.1): the bits/dim printed,
--log p(y) / (D ln 2), bound those of the 8-bit images from above. Pictures show mean(z), not
-draws from p(x|z).
+the networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), one learned
+sigma per colour channel c (sigma-VAE, Rybkin et al. 2020, arXiv 2006.13202). log p(y|z) =
+log p(s|z) - D log 128 (change of variables), and E_u log p(x + u) <= log P(x) by Jensen (Theis et
+al. 2016, arXiv 1511.01844, Sec. 3.1): the bits/dim printed, -log p(y) / (D ln 2), bound those of
+the 8-bit images from above. Pictures show mean(z), not draws from p(x|z).
 
 Notation (code -> paper). Prior p(z) = N(0, I); q(z|x) = N(mu, diag exp(logvar)).
     mu, logvar     mu_phi(x), log sigma_phi(x)^2    encoder outputs, [B, Z] each
@@ -37,76 +36,50 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-# --------------------------------------------------------------------------------------------------
-# Config: every field is a flag (--field-name); `ok` is the test a value must pass, and why not.
+# --- Config: knobs few runs touch are constants; the rest are flags, `ok` the test they must pass -
 
-POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "0 or more")
-AT_LEAST_1, FRACTION = (lambda v: v >= 1, "at least 1"), (lambda v: 0 <= v < 1, "in [0, 1)")
-
+CH_MULT = (1, 2, 4, 8)  # channel multiplier per level; each level halves the side: 64 -> 4 px
+WARMUP = 200  # linear learning-rate warm-up steps, then a cosine to 0: Adam's moments settle first
+GRAD_CLIP = 1.0  # gradient-norm clip: one odd batch cannot throw the weights far
+FLIP = True  # random horizontal flips: faces are left-right symmetric (text or maps are not)
+LOG_EVERY, CKPT_EVERY = 50, 1000  # steps between progress lines (a host sync each), checkpoints
+HOLDOUT = 0.05  # with --data: the share of the folder kept out of training (at least 2 images)
+N_EVAL, IWAE_K = 1000, 100  # --eval: held-out images (standard error ~0.05 bits/dim), K
+DECODE_BATCH = 1024  # images decoded at once in --sample and --eval: bounds their memory
+POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
+NOT_NEGATIVE, SIDE = (lambda v: v >= 0, "0 or more"), 2 ** len(CH_MULT)  # SIDE divides the side
 
 def arg(default, help, ok=None):
     return field(default=default, metadata=dict(help=help, ok=ok))
 
-
 @dataclass
 class Config:
     data: str = arg("", "folder of images (any size or mode) to train on; empty: cartoons")
-    holdout: float = arg(0.05, "with --data: the fraction of it kept out of training", FRACTION)
-    image_size: int = arg(64, "side of the square images", (lambda v: 1 <= v <= 1024, "1 to 1024"))
+    image_size: int = arg(64, "side of the square images", (lambda v: 0 < v <= 1024 and v % SIDE
+                          == 0, f"a multiple of {SIDE} up to 1024 (the encoder halves it)"))
     n_images: int = arg(10_000, "built-in cartoon faces to train on (seed 0)", AT_LEAST_1)
-    n_eval: int = arg(1000, "held-out images for --eval, at most (cartoons: seed 1)", AT_LEAST_1)
     ch: int = arg(64, "channels at full resolution (26.3M parameters as given)", AT_LEAST_1)
-    ch_mult: tuple = arg((1, 2, 4, 8), "channel multiplier per level; each halves the side",
-                         (lambda v: len(v) > 0 and min(v) >= 1, "positive integers, e.g. 1,2,4,8"))
     z_dim: int = arg(512, "latent dimensions Z", AT_LEAST_1)
     beta: float = arg(1.0, "weight of the KL term (1: the ELBO; others: a beta-VAE)", NOT_NEGATIVE)
     steps: int = arg(10_000, "optimizer steps (about 5 minutes on one H200)", AT_LEAST_1)
     batch: int = arg(256, "training batch size", AT_LEAST_1)
     lr: float = arg(1e-3, "peak learning rate of AdamW", POSITIVE)
-    warmup: int = arg(200, "linear learning-rate warm-up steps, then a cosine to 0", NOT_NEGATIVE)
-    grad_clip: float = arg(1.0, "clip the gradient norm to this", POSITIVE)
-    flip: bool = arg(True, "random horizontal flips")
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed for training, sampling and evaluation", NOT_NEGATIVE)
-    log_every: int = arg(50, "steps between progress lines (each costs a host sync)", AT_LEAST_1)
-    ckpt_every: int = arg(1000, "steps between checkpoints and sample grids", AT_LEAST_1)
     n: int = arg(64, "--sample: images; over 64, each is also a PNG (for FID)", AT_LEAST_1)
-    iwae_k: int = arg(100, "importance samples K of the IWAE bound in --eval", AT_LEAST_1)
-    sample_batch: int = arg(1024, "decoder batch for sampling and evaluation", AT_LEAST_1)
     out: str = arg("out", "folder for grids and PNGs")
 
-
 def fail(message):
-    """Stop with one line on stderr naming the problem and the fix (exit status 1)."""
-    sys.exit(f"vae.py: {message}")
+    sys.exit(f"vae.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
-
-def check_config(cfg):
-    """One clear line for the first impossible value, before any work is done."""
-    for f in fields(cfg):
-        v, ok, flag = getattr(cfg, f.name), f.metadata["ok"], f"--{f.name.replace('_', '-')}"
-        if isinstance(v, float) and not math.isfinite(v):  # NaN would pass every range check
-            fail(f"{flag} {v}: must be a finite number")
-        if ok and not ok[0](v):
-            fail(f"{flag} {v}: must be {ok[1]}")
-    if cfg.image_size % 2 ** len(cfg.ch_mult):
-        fail(f"--image-size {cfg.image_size} must be a multiple of {2 ** len(cfg.ch_mult)} "
-             f"(the encoder halves it {len(cfg.ch_mult)} times)")
-
-
-# --------------------------------------------------------------------------------------------------
-# Data: uint8 [N, H, W, 3] held on the device, dequantised to floats in [-1, 1) a batch at a time.
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
+# --- Data: uint8 [N, H, W, 3] on the device, dequantised to floats in [-1, 1) a batch at a time -
 
 def load_folder(path, size):
     """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
     resized with an antialiasing filter; also returns how many files could not be read."""
-    names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                   if f.lower().endswith(IMAGE_EXTS))
     images, skipped = [], 0
-    for name in names:
+    for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if
+                       f.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp"))):
         try:
             with Image.open(name) as im:
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
@@ -115,46 +88,37 @@ def load_folder(path, size):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
                 w, h, s = *im.size, min(im.size)
                 box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS,
-                                                                  box=box)))
+                images.append(np.asarray(im.convert("RGB").resize((size,) * 2, Image.LANCZOS, box)))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
 
-
-def load_data(cfg, heldout=False):
-    """Training or held-out images: cartoons with seed 0 or 1; with --data, a fixed split of it."""
+def load_data(cfg, heldout=0):
+    """The training images, or `heldout` held-out ones: cartoons of seed 0 or 1, or --data split."""
     if not cfg.data:
         import cartoons  # only the built-in data needs it
-        n, seed = (cfg.n_eval, 1) if heldout else (cfg.n_images, 0)
+        n, seed = (heldout, 1) if heldout else (cfg.n_images, 0)
         print(f"drawing {n} cartoon faces at {cfg.image_size}x{cfg.image_size} (seed {seed})")
         return cartoons.make(n, cfg.image_size, seed=seed)
-    if not os.path.isdir(cfg.data):
-        fail(f"--data {cfg.data}: no such folder -- pass a folder of png/jpg/webp/bmp images")
     images, skipped = load_folder(cfg.data, cfg.image_size)
-    n_out = math.ceil(cfg.holdout * len(images))  # the split depends on the folder, not --seed
+    n_out = max(2, math.ceil(HOLDOUT * len(images)))  # 2: --interp pairs them; seed-free split
     images = images[np.random.default_rng(0).permutation(len(images))]
-    images = images[:n_out][:cfg.n_eval] if heldout else images[n_out:]
+    images = images[:n_out][:heldout] if heldout else images[n_out:]
     which = "held-out" if heldout else "training"
+    if len(images) == 0:  # also when there is no such folder
+        fail(f"--data {cfg.data}: no {which} images ({skipped} unreadable) -- add png/jpg images")
     print(f"{len(images)} {which} images from {cfg.data} ({skipped} unreadable, skipped)")
-    if len(images) == 0:
-        fail(f"--data {cfg.data}: no {which} images -- add images, or change --holdout")
     return images
-
 
 def dequantize(x, generator=None):
     """uint8 [B, H, W, 3] -> s = (x + u) / 128 - 1, u ~ U[0, 1): float [B, 3, H, W] in [-1, 1)."""
     u = torch.rand(x.shape, device=x.device, generator=generator)
     return ((x.float() + u) / 128 - 1).permute(0, 3, 1, 2)  # NHWC storage: already channels_last
 
-
-# --------------------------------------------------------------------------------------------------
-# Model
-
+# --- Model ----------------------------------------------------------------------------------------
 
 def group_norm(ch):
     return nn.GroupNorm(math.gcd(32, ch), ch)
-
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, plus a skip connection (unet.py's block without time input)."""
@@ -169,22 +133,19 @@ class ResBlock(nn.Module):
     def forward(self, x):
         return self.skip(x) + self.body(x)
 
-
 class VAE(nn.Module):
-    """Encoder x [B, 3, S, S] -> (mu, logvar) [B, Z]; decoder z [N, Z] -> mean(z) [N, 3, S, S].
-    Each level halves (encoder) or doubles (decoder) the side: 64 -> 4 px at the defaults."""
+    """Encoder x [B, 3, S, S] -> (mu, logvar) [B, Z]; decoder z [N, Z] -> mean(z) [N, 3, S, S]."""
 
     def __init__(self, cfg):
         super().__init__()
-        chs = [cfg.ch * m for m in cfg.ch_mult]
-        r = cfg.image_size // 2 ** len(chs)  # side at the bottom
+        chs, r = [cfg.ch * m for m in CH_MULT], cfg.image_size // SIDE  # r: the side at the bottom
         enc = [nn.Conv2d(3, chs[0], 3, padding=1)]
-        for c_in, c_out in zip(chs[:1] + chs[:-1], chs):
+        for c_in, c_out in zip(chs[:1] + chs[:-1], chs):  # each level halves the side
             enc += [ResBlock(c_in, c_out), nn.Conv2d(c_out, c_out, 3, stride=2, padding=1)]
         self.encoder = nn.Sequential(*enc, group_norm(chs[-1]), nn.SiLU(), nn.Flatten(),
                                      nn.Linear(chs[-1] * r * r, 2 * cfg.z_dim))
         dec = [nn.Linear(cfg.z_dim, chs[-1] * r * r), nn.Unflatten(1, (chs[-1], r, r))]
-        for c_in, c_out in zip(chs[::-1], chs[-2::-1] + chs[:1]):
+        for c_in, c_out in zip(chs[::-1], chs[-2::-1] + chs[:1]):  # each level doubles it
             dec += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_in, 3, padding=1),
                     ResBlock(c_in, c_out)]
         self.decoder = nn.Sequential(*dec, group_norm(chs[0]), nn.SiLU(),
@@ -204,10 +165,7 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         return elbo(partial(log_px_given_z, self, x), mu, logvar, torch.randn_like(mu))
 
-
-# --------------------------------------------------------------------------------------------------
-# The math of the VAE: plain functions of tensors, vectors on the last dimension.
-
+# --- The math of the VAE: plain functions of tensors, vectors on the last dimension -------------
 
 def log_normal(x, mean, log_sigma):
     """log N(x; mean, diag exp(log_sigma)^2), summed over the last dimension."""
@@ -215,23 +173,19 @@ def log_normal(x, mean, log_sigma):
     return (-0.5 * ((x - mean) * torch.exp(-log_sigma)) ** 2 - log_sigma
             - 0.5 * math.log(2 * math.pi)).sum(-1)
 
-
 def gaussian_kl(mu, logvar):
     """KL(N(mu, diag exp(logvar)) || N(0, I)), closed form (VAE App. B)."""
     # -D_KL = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)
     return -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(-1)
 
-
 def reparameterize(mu, logvar, eps):
     """z = mu + sigma eps with sigma = exp(logvar / 2): a draw from q(z|x) (VAE Sec. 2.4)."""
     return mu + torch.exp(0.5 * logvar) * eps
-
 
 def elbo(log_px, mu, logvar, eps):
     """(recon, kl): ELBO = recon - kl = log p(x|z) - KL(q(z|x) || p(z)), z from eps (VAE Eq. 7, 10).
     log_px: z [..., B, Z] -> log p(x|z) [..., B]; recon is unbiased for E_q log p(x|z)."""
     return log_px(reparameterize(mu, logvar, eps)), gaussian_kl(mu, logvar)
-
 
 def iwae_bound(log_px, mu, logvar, eps):
     """log 1/K sum_k p(x, z_k) / q(z_k|x), z_k = mu + sigma eps_k, eps [K, B, Z] (IWAE Sec. 3).
@@ -240,28 +194,21 @@ def iwae_bound(log_px, mu, logvar, eps):
     log_w = log_px(z) + log_normal(z, 0, 0) - log_normal(z, mu, 0.5 * logvar)  # [K, B]
     return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
 
-
 def log_px_given_z(model, x, z):
     """log p(s|z) [..., B] of images x [B, 3, H, W] in the units of s, for z [..., B, Z]."""
     mean = model.decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
     log_sigma = model.log_sigma.float().repeat_interleave(x[0, 0].numel())  # [D], channel-major
     return log_normal(x.flatten(1), mean, log_sigma)
 
-
 def bits_per_dim(nats, D):
     """-log p(s) in nats -> bits/dim of y = 128 (s + 1) in [0, 256)^D: adds log 128 per dim."""
     return (nats / D + math.log(128)) / math.log(2)
 
-
-# --------------------------------------------------------------------------------------------------
-# Training
-
+# --- Training -------------------------------------------------------------------------------------
 
 def learning_rate(cfg, step):
-    """Linear warm-up over --warmup steps, then cosine decay to 0 at --steps."""
-    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
-    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-
+    """Linear warm-up over WARMUP steps, then cosine decay to 0 at --steps."""
+    return cfg.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
 
 def train(cfg, device, ckpt_path, stem):
     """Maximise the ELBO with AdamW (VAE Alg. 1); writes ckpt_path, and grids as stem_*.png."""
@@ -271,58 +218,48 @@ def train(cfg, device, ckpt_path, stem):
     model = VAE(cfg).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=cuda)
     net = torch.compile(model) if cfg.compile and cuda else model  # the plain model is saved
-    print(f"training on {device}: {len(data)} images {cfg.image_size}px, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, batch {cfg.batch}")
+    print(f"training on {device}: {sum(p.numel() for p in model.parameters()):,} parameters")
     stop, stats = [], torch.zeros(3, device=device)  # sums of -ELBO, KL, grad norm since a log
     previous = signal.signal(signal.SIGINT, partial(on_ctrl_c, stop))
-    t_start = t_last = time.time()
-    step = step_last = 0
+    step, step_log, t_log = 0, 0, time.time()
     while step < cfg.steps and not stop:
-        lr = learning_rate(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        opt.param_groups[0]["lr"] = learning_rate(cfg, step)  # the only group
         s = dequantize(data[torch.randint(len(data), (cfg.batch,), device=device)])
-        if cfg.flip:  # mirror each image with probability 1/2
+        if FLIP:  # mirror each image with probability 1/2
             s = torch.where(torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5, s.flip(3), s)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):  # around the network only
             recon, kl = net(s)
         ((cfg.beta * kl - recon).mean() / D).backward()  # per dimension: one --lr for any size
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
         stats += torch.stack([(kl - recon).mean(), kl.mean(), norm]).detach()
         step += 1
-        save = step % cfg.ckpt_every == 0 or step == cfg.steps or stop
-        if save or step % cfg.log_every == 0 or step == 1:  # the only host syncs
-            neg_elbo, kl_mean, norm = (stats / (step - step_last)).tolist()
+        save = step % CKPT_EVERY == 0 or step == cfg.steps or stop
+        if save or step % LOG_EVERY == 0 or step == 1:  # the only host syncs
+            neg_elbo, kl_mean, norm = (stats / (step - step_log)).tolist()
             if not math.isfinite(neg_elbo + norm):  # stop before a NaN state can be saved
                 fail(f"the loss or its gradient became {neg_elbo + norm} near step {step}; "
                      f"{ckpt_path} keeps the last good state -- lower --lr")
-            now, sigma = time.time(), 128 * model.log_sigma.exp().mean().item()  # in pixel levels
-            rate = (step - step_last) * cfg.batch / max(now - t_last, 1e-9)
-            eta = f"{rate:,.0f} img/s | ETA {(cfg.steps - step) * cfg.batch / rate / 60:.1f} min"
             print(f"step {step}/{cfg.steps} | -ELBO {bits_per_dim(neg_elbo, D):.4f} bits/dim | KL "
-                  f"{kl_mean:.1f} nats | sigma {sigma:.1f} levels | lr {lr:.2e} | "
-                  f"{eta if step > 1 else 'first step done'}", flush=True)
-            stats, t_last, step_last = stats.zero_(), now, step  # img/s leaves out the first step
+                  f"{kl_mean:.1f} nats | sigma {128 * model.log_sigma.exp().mean():.1f} levels | "
+                  f"{(step - step_log) * cfg.batch / (time.time() - t_log):,.0f} img/s", flush=True)
+            stats, t_log, step_log = stats.zero_(), time.time(), step
         if save:
             save_checkpoint(ckpt_path, dict(kind="vae", config=asdict(cfg), step=step,
                                             model=model.state_dict()))
             write_grid(pictures("sample", model, replace(cfg, n=64), device)[0],
                        f"{stem}_train_step{step:07d}.png")
     signal.signal(signal.SIGINT, previous)
+    print(f"{'interrupted' if stop else 'done'} at step {step}: wrote {ckpt_path}")
     if stop:  # the exit status of a process that Ctrl-C ended
-        print(f"interrupted at step {step}: saved {ckpt_path}, which --sample and --eval take")
         sys.exit(130)
-    print(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; wrote {ckpt_path}")
-
 
 def on_ctrl_c(stop, *_):
     """The first Ctrl-C asks the loop to finish its step, save and stop; a second one stops now."""
     print("\nfinishing this step, then saving (Ctrl-C again to stop now)", flush=True)
     stop.append(1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
 
 def save_checkpoint(path, state):
     """Atomic: torch.save into a temporary file, then rename it, so a crash keeps the old file."""
@@ -338,57 +275,44 @@ def save_checkpoint(path, state):
         fail(f"cannot write {path} ({str(e)[:80]}) -- free some space or pass another --ckpt; "
              "the last checkpoint there is intact")
 
-
-def load_checkpoint(path, given):
-    """A vae.py checkpoint and its config, with the flags given on this command line on top."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path, given, device):
+    """(model, config, step) of a vae.py checkpoint; the flags given here override its config."""
+    try:  # missing, truncated, another script's, a pickle that would run code, or weights that
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # do not fit the flags
+        if ckpt["kind"] != "vae":
+            raise TypeError(ckpt["kind"])
+        known = {f.name for f in fields(Config)}  # a flag since made a constant is ignored
+        cfg = replace(Config(**{k: v for k, v in ckpt["config"].items() if k in known}), **given)
+        model = VAE(cfg)
+        model.load_state_dict(ckpt["model"])
     except Exception as e:
-        why = e.strerror if isinstance(e, OSError) else type(e).__name__
-        fail(f"{path} is not a readable checkpoint ({why}) -- train one with "
-             "`python vae.py --train`, or pass another --ckpt")
-    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
-    if kind != "vae":
-        fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
-             " not a vae.py one -- pass a checkpoint written by `python vae.py --train`")
-    known = {f.name for f in fields(Config)}  # a flag since removed is ignored
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()
-             if k in known}
-    return ckpt, replace(Config(**saved), **given)
+        fail(f"{path} is not a vae.py checkpoint that fits these flags ({type(e).__name__}) -- "
+             "train one with `python vae.py --train`, or leave out --ch, --z-dim, --image-size")
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg, ckpt["step"]
 
-
-# --------------------------------------------------------------------------------------------------
-# Pictures and likelihoods, in float32
-
+# --- Pictures and likelihoods, in float32 ---------------------------------------------------------
 
 def to_uint8(s):
     """[N, 3, H, W] in the units of s -> uint8 [N, H, W, 3]: the bin y = 128 (s + 1) is in."""
     return (128 * (s.float() + 1)).floor().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
-
 def write_grid(images, path, cols=8):
-    """uint8 [N, H, W, 3] -> one PNG, tiled row by row with 2 px white gaps."""
-    n, h, w, _ = images.shape
-    canvas = np.full((-(-n // cols) * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
-    for k in range(n):
-        r, c = divmod(k, cols)
-        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = images[k]
-    Image.fromarray(canvas).save(path)
-
+    """uint8 [N, H, W, 3] -> one PNG, rows of cols images with 2 px white gaps."""
+    x = np.pad(images, ((0, -len(images) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
+    n, h, w, _ = x.shape  # blank cells fill the last row; a gap above and left of each
+    x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
+    Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255)).save(path)
 
 @torch.no_grad()
 def pictures(mode, model, cfg, device):
-    """uint8 [N, H, W, 3] and the grid's columns. sample: --n images mean(z), z ~ p(z) = N(0, I);
-    recon: rows of 8 held-out images x above rows of mean(mu(x)); interp: rows of image a, mean(z)
-    for 10 z on the line mu(a) -> mu(b), image b."""
+    """uint8 [N, H, W, 3], grid columns. sample: mean(z), z ~ p(z) = N(0, I); recon: rows of 8
+    held-out x above rows of mean(mu(x)); interp: rows of a, mean(z) on mu(a) -> mu(b) (10), b."""
     gen = torch.Generator(device).manual_seed(cfg.seed)
     if mode == "sample":
         z = torch.randn(cfg.n, cfg.z_dim, device=device, generator=gen)
-        return np.concatenate([to_uint8(model.decode(b)) for b in z.split(cfg.sample_batch)]), 8
-    x = load_data(replace(cfg, n_eval=min(cfg.n_eval, 32 if mode == "recon" else 16)), heldout=True)
+        return np.concatenate([to_uint8(model.decode(b)) for b in z.split(DECODE_BATCH)]), 8
+    x = load_data(cfg, heldout=32 if mode == "recon" else 16)
     cols = min(8, len(x)) if mode == "recon" else 2
-    if len(x) < cols:
-        fail(f"--{mode} needs more held-out images -- raise --holdout or --n-eval")
     x = x[:len(x) // cols * cols]
     mu = model.encode(dequantize(torch.from_numpy(x).to(device), gen))[0]
     if mode == "recon":
@@ -399,85 +323,68 @@ def pictures(mode, model, cfg, device):
     strips = [x[0::2, None], mid.reshape(-1, 10, *x.shape[1:]), x[1::2, None]]
     return np.concatenate(strips, axis=1).reshape(-1, *x.shape[1:]), 12
 
-
 @torch.no_grad()
 def evaluate(model, images, cfg, device, name):
-    """Prints means and standard errors over images of -ELBO = -recon + KL (recon at one
-    z ~ q(z|x) an image) and -IWAE_K, in nats and bits/dim of y; returns them per image."""
+    """Prints the mean and standard error over images of -ELBO = -recon + KL (recon at one
+    z ~ q(z|x) an image) and -IWAE_K in bits/dim of y; returns them in nats per image."""
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    per, rows = max(1, cfg.sample_batch // cfg.iwae_k), []  # images per chunk: K decodes each
+    per, rows = max(1, DECODE_BATCH // IWAE_K), []  # images per chunk: K decodes each
     for i in range(0, len(images), per):
         x = dequantize(torch.from_numpy(images[i:i + per]).to(device), gen)
         mu, logvar = model.encode(x)
         log_px = partial(log_px_given_z, model, x)
         recon, kl = elbo(log_px, mu, logvar, torch.randn(mu.shape, device=device, generator=gen))
-        eps = torch.randn((cfg.iwae_k, *mu.shape), device=device, generator=gen)
+        eps = torch.randn((IWAE_K, *mu.shape), device=device, generator=gen)
         rows.append(torch.stack([recon, kl, iwae_bound(log_px, mu, logvar, eps)], 1).double().cpu())
     r, D = torch.cat(rows), 3 * cfg.image_size ** 2  # [N, 3] in nats in the units of s
     recon, kl, iwae = r[:, 0] - D * math.log(128), r[:, 1], r[:, 2] - D * math.log(128)
     table = {"-ELBO = recon + KL": kl - recon, "  recon: -log p(x|z)": -recon,
-             "  KL(q(z|x) || p(z))": kl, f"-IWAE (K={cfg.iwae_k})": -iwae,
-             "IWAE - ELBO": iwae - recon + kl}
-    print(f"{name}: {len(r)} held-out images; mean ± standard error over images. Dequantised "
-          "y = x + u, so these bits/dim bound the 8-bit images' from above:")
+             "  KL(q(z|x) || p(z))": kl, f"-IWAE (K={IWAE_K})": -iwae}
+    print(f"{name}: {len(r)} held-out images; bits/dim of y, mean ± standard error over images")
     for label, v in table.items():
         m, se = v.mean().item(), v.std().item() / math.sqrt(len(v))
-        print(f"  {label:<22} {m:10.2f} ± {se:6.2f} nats   {m / D / math.log(2):.4f} ± "
-              f"{se / D / math.log(2):.4f} bits/dim")
+        print(f"  {label:<22} {m / D / math.log(2):.4f} ± {se / D / math.log(2):.4f}")
     return table
 
-
-# --------------------------------------------------------------------------------------------------
-# Command line: --train | --sample | --recon | --interp | --eval, and every Config field.
-
-
-def int_tuple(text):
-    return tuple(int(v) for v in text.split(","))
-
+# --- Command line: --train | --sample | --recon | --interp | --eval, and every Config field ------
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.error = lambda message: sys.exit(f"vae.py: {message} -- see python vae.py --help")
+    p.error = lambda message: fail(f"{message} -- see python vae.py --help")
     modes = p.add_mutually_exclusive_group(required=True)
     for mode in ("train", "sample", "recon", "interp", "eval"):
-        modes.add_argument(f"--{mode}", action="store_true", help="see above")
+        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
     p.add_argument("--ckpt", default="vae.pt", help="checkpoint path (default: vae.pt)")
     for f in fields(Config):
-        shown = ",".join(map(str, f.default)) if f.type is tuple else f.default
-        kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(
-            type=int_tuple if f.type is tuple else f.type)
+        kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
         p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS,
-                       help=f"{f.metadata['help']} (default: {shown})", **kind)
-    args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
-    mode = next(m for m in ("train", "sample", "recon", "interp", "eval") if getattr(args, m))
-    if mode == "train" and os.path.exists(args.ckpt):
-        fail(f"{args.ckpt} exists -- pass --ckpt NEW.pt, or move it away to train again")
-    ckpt, cfg = (None, Config(**given)) if mode == "train" else load_checkpoint(args.ckpt, given)
-    check_config(cfg)
+                       help=f"{f.metadata['help']} (default: {f.default})", **kind)
+    given = vars(p.parse_args(argv))  # the flags given: the others' default is SUPPRESS
+    mode, ckpt_path, cfg = given.pop("mode"), given.pop("ckpt"), Config(**given)
+    for f in fields(cfg):  # one clear line for the first impossible value, before any work
+        v, ok = getattr(cfg, f.name), f.metadata["ok"]
+        if ok and not (ok[0](v) and math.isfinite(v)):  # NaN and inf pass no range
+            fail(f"--{f.name.replace('_', '-')} {v}: must be a finite number, {ok[1]}")
+    if mode == "train" and os.path.exists(ckpt_path):
+        fail(f"{ckpt_path} exists -- pass --ckpt NEW.pt, or move it away to train again")
+    device = torch.device("cuda" if torch.cuda.is_available() else
+                          "mps" if torch.backends.mps.is_available() else "cpu")
+    if mode != "train":
+        model, cfg, step = load_checkpoint(ckpt_path, given, device)
     try:  # an --out or --ckpt that cannot be written stops the run now, not after the work
-        for path in [f"{cfg.out}/.write_test"] + [f"{args.ckpt}.tmp"] * (mode == "train"):
+        for path in [f"{cfg.out}/.write_test"] + [f"{ckpt_path}.tmp"] * (mode == "train"):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             open(path, "wb").close()
             os.remove(path)
     except OSError as e:
         fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out or --ckpt")
-    device = torch.device("cuda" if torch.cuda.is_available() else
-                          "mps" if torch.backends.mps.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its convolutions once
-    stem = os.path.join(cfg.out, os.path.basename(args.ckpt).rsplit(".", 1)[0])
+    stem = os.path.join(cfg.out, os.path.basename(ckpt_path).rsplit(".", 1)[0])
     if mode == "train":
-        return train(cfg, device, args.ckpt, stem)
-    model = VAE(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as e:
-        fail(f"{args.ckpt}: its weights do not fit its config ({type(e).__name__}) -- leave out "
-             "the network flags (--ch, --ch-mult, --z-dim, --image-size)")
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    name = f"{stem}_step{ckpt['step']}_{mode}_seed{cfg.seed}"  # named after what made it
+        return train(cfg, device, ckpt_path, stem)
+    name = f"{stem}_step{step}_{mode}_seed{cfg.seed}"  # named after what made it
     if mode == "eval":
-        return evaluate(model, load_data(cfg, heldout=True), cfg, device, os.path.basename(name))
+        return evaluate(model, load_data(cfg, heldout=N_EVAL), cfg, device, os.path.basename(name))
     images, cols = pictures(mode, model, cfg, device)
     write_grid(images[:64] if mode == "sample" else images, f"{name}.png", cols)
     print(f"wrote {name}.png")
@@ -486,7 +393,6 @@ def main(argv=None):
         for k, im in enumerate(images):
             Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
         print(f"wrote {cfg.n} PNGs to {name}_n{cfg.n}")
-
 
 if __name__ == "__main__":
     main()
