@@ -1,11 +1,8 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
 
-Trains the U-Net of unet.py to denoise cartoon faces (or your images) and draws new ones by
-ancestral sampling (Algorithm 2): schedules, forward process, posterior, loss, training with an EMA
-of the weights, and sampling, in one file. The paper's network predicts the noise eps
-(--prediction eps); this one predicts v by default (Salimans & Ho 2022): the samplers are the
-same, but deterministic ones (ddim.py) then stay free of the speckle that errors in eps, amplified
-by 1/sqrt(abar_t) at high noise, leave in their samples (README, "Why v and not eps").
+Trains the U-Net of unet.py on cartoon faces (or your images), keeps an EMA of its weights and
+samples by Algorithm 2. It predicts v (Salimans & Ho 2022), not the paper's eps (--prediction eps):
+errors in eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samples (README).
 
     python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
     python ddpm.py --train --minutes 6             # as many steps as fit in 6 minutes
@@ -24,28 +21,24 @@ Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one st
     snr                 abar_t / (1 - abar_t)
 """
 import argparse
-import contextlib
 import copy
 import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
 
 from unet import UNet
 
-# --------------------------------------------------------------------------------------------------
-# Config: every field is a flag (--field-name); `ok` is the test a value must pass, and its name.
-
-POSITIVE, AT_LEAST_1, NOT_NEGATIVE = ((lambda v: v > 0, "positive"), (lambda v: v >= 1,
-                                      "at least 1"), (lambda v: v >= 0, "0 or more"))
+# --- Config: every field is a flag (--field-name); `ok`: the test it must pass --------------------
+POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
+NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
 
 
 def arg(default, help, ok=None, choices=None):
@@ -54,91 +47,72 @@ def arg(default, help, ok=None, choices=None):
 
 @dataclass
 class Config:
-    # data
-    data: str = arg("", "folder of images to train on (any size or mode); empty: built-in cartoons")
-    image_size: int = arg(64, "side of the square images, a multiple of 8",
-                          (lambda v: 8 <= v <= 1024, "between 8 and 1024"))
-    n_images: int = arg(10_000, "built-in cartoon faces to draw (ignored with --data)", AT_LEAST_1)
-    # network (unet.py)
+    data: str = arg("", "folder of images (any size or mode); empty: the built-in cartoons")
+    image_size: int = arg(64, "side of the square images", (lambda v: 8 <= v <= 1024, "8 to 1024"))
+    n_images: int = arg(10_000, "built-in cartoon faces to draw (not with --data)", AT_LEAST_1)
     ch: int = arg(128, "base channel count of the U-Net", AT_LEAST_1)
     ch_mult: tuple = arg((1, 2, 2, 2), "channel multiplier per resolution level, comma-separated")
     num_res_blocks: int = arg(2, "residual blocks per level", AT_LEAST_1)
     attn_levels: tuple = arg((2, 3), "levels with self-attention (0: full resolution)")
     dropout: float = arg(0.0, "dropout in the residual blocks", (lambda v: 0 <= v < 1, "below 1"))
-    # diffusion
     T: int = arg(1000, "diffusion steps (DDPM: 1000)", AT_LEAST_1)
-    schedule: str = arg("linear", "noise schedule (cosine: Improved DDPM)", None, ("linear", "cosine"))
+    schedule: str = arg("linear", "noise schedule (cosine: IDDPM)", None, ("linear", "cosine"))
     prediction: str = arg("v", "what the network predicts", None, ("eps", "x0", "v"))
-    min_snr_gamma: float = arg(0.0, "min-SNR-gamma loss weights (Hang et al. 2023); 0: off",
-                               NOT_NEGATIVE)
-    # training
+    min_snr_gamma: float = arg(0.0, "min-SNR-gamma weights (Hang et al. 2023); 0 off", NOT_NEGATIVE)
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
-    minutes: float = arg(0.0, "instead of --steps: the steps that fit in this many minutes",
-                         NOT_NEGATIVE)
+    minutes: float = arg(0.0, "instead of --steps: the steps that fit in this time", NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
-    lr_decay: str = arg("cosine", "after warm-up (cosine: to 0 at the end)", None,
-                        ("cosine", "constant"))
+    lr_decay: str = arg("cosine", "after warm-up (cosine: to 0)", None, ("cosine", "constant"))
     weight_decay: float = arg(0.0, "AdamW weight decay", NOT_NEGATIVE)
     grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)", POSITIVE)
     ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM)", NOT_NEGATIVE)
-    ema_rampup: float = arg(0.1, "EMA half-life at most this share of images seen; 0: off",
-                            NOT_NEGATIVE)
+    ema_rampup: float = arg(0.1, "half-life at most this share of the images seen", NOT_NEGATIVE)
     flip: bool = arg(True, "random horizontal flips")
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed for training and sampling", NOT_NEGATIVE)
     log_every: int = arg(50, "steps between progress lines (each costs one host sync)", AT_LEAST_1)
     sample_every: int = arg(1000, "steps between sample grids; 0: only at the end", NOT_NEGATIVE)
-    ckpt_every: int = arg(1000, "steps between checkpoints; 0: only at the end and on Ctrl-C",
-                          NOT_NEGATIVE)
-    # sampling
+    ckpt_every: int = arg(1000, "steps between checkpoints; 0: at the end, on Ctrl-C", NOT_NEGATIVE)
     n: int = arg(64, "images to sample; over 64 also writes each as a PNG (for FID)", AT_LEAST_1)
-    sample_steps: int = arg(0, "ancestral steps, respaced below T (IDDPM Sec. 4); 0: T (training "
-                               "grids: at most 100)", NOT_NEGATIVE)
+    sample_steps: int = arg(0, "ancestral steps, respaced (IDDPM Sec. 4); 0: T", NOT_NEGATIVE)
     sample_batch: int = arg(256, "sampling batch size", AT_LEAST_1)
-    var: str = arg("small", "reverse variance: beta tilde (Eq. 7) or beta", None, ("small", "large"))
+    var: str = arg("small", "reverse variance: beta_tilde (Eq. 7) | beta", None, ("small", "large"))
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
 
 
 def fail(message):
-    """Stop with one line on stderr naming the problem and the fix (exit status 1)."""
-    sys.exit(f"ddpm.py: {message}")
+    sys.exit(f"ddpm.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
 
 def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
     for f in fields(cfg):
-        v, ok, flag = getattr(cfg, f.name), f.metadata["ok"], f"--{f.name.replace('_', '-')}"
-        if isinstance(v, float) and not math.isfinite(v):
-            fail(f"{flag} {v}: must be a finite number")
-        if ok and not ok[0](v):
-            fail(f"{flag} {v}: must be {ok[1]}")
+        v, ok = getattr(cfg, f.name), f.metadata["ok"]
+        if ok and not (ok[0](v) and math.isfinite(v)):  # inf would pass v > 0
+            fail(f"--{f.name.replace('_', '-')} {v}: must be a finite number, {ok[1]}")
     levels = len(cfg.ch_mult)
     if not levels or cfg.image_size % 2 ** (levels - 1):
-        fail(f"--image-size {cfg.image_size} must be a multiple of {2 ** (levels - 1)} "
-             f"(the U-Net halves it {levels - 1} times)")
+        fail(f"--image-size {cfg.image_size}: the U-Net needs a multiple of {2 ** (levels - 1)}")
     if any(not 0 <= a < levels for a in cfg.attn_levels):
         fail(f"--attn-levels must be in 0..{levels - 1}")
     if cfg.sample_steps > cfg.T:
         fail(f"--sample-steps must be between 0 and T={cfg.T}")
     if cfg.schedule == "linear" and cfg.T < 21:  # beta_T = 0.02 * 1000 / T must stay below 1
-        fail(f"--T {cfg.T}: the linear schedule needs T >= 21 -- raise --T or use --schedule cosine")
+        fail(f"--T {cfg.T}: linear betas need T >= 21 -- raise --T or use --schedule cosine")
 
 
-# --------------------------------------------------------------------------------------------------
-# Data: uint8 [N, H, W, 3] held on the device, turned into [-1, 1] floats a batch at a time.
-
+# --- Data: uint8 [N, H, W, 3] on the device, made [-1, 1] floats a batch at a time ----------------
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def load_folder(path, size):
     """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
     resized with an antialiasing filter; also returns how many files could not be read."""
-    names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                   if f.lower().endswith(IMAGE_EXTS))
     images, skipped = [], 0
-    for name in names:
+    for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                       if f.lower().endswith(IMAGE_EXTS)):
         try:
             with Image.open(name) as im:
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
@@ -147,8 +121,7 @@ def load_folder(path, size):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
                 w, h, s = *im.size, min(im.size)
                 box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS,
-                                                                  box=box)))
+                images.append(np.asarray(im.convert("RGB").resize((size,) * 2, Image.LANCZOS, box)))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
@@ -176,25 +149,25 @@ def get_batch(data, batch, flip):
     return x
 
 
-# --------------------------------------------------------------------------------------------------
-# Model
-
-
+# --- Model: unet.py's U-Net, run in bf16 on CUDA --------------------------------------------------
 def build_model(cfg):
     return UNet(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
                 attn_levels=cfg.attn_levels, dropout=cfg.dropout)
 
 
-def autocast(device):
-    """bf16 autocast around the network on CUDA; a no-op elsewhere."""
+def autocast(device):  # bf16 around the network on CUDA, a no-op elsewhere
     return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
-# --------------------------------------------------------------------------------------------------
-# The math of DDPM. Schedules in float64, cast once to float32; x tensors are [B, C, H, W].
+def pick_device():
+    if torch.cuda.is_available():  # fixed shapes: let cuDNN time its conv algorithms
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
-def make_schedule(name, T):
+# --- The math of DDPM: schedules in float64, cast once to float32; x is [B, C, H, W] --------------
+def make_schedule(name, T, device="cpu"):
     """betas, alphas, alphas_cumprod as float32 tensors [T] (DDPM Sec. 4; IDDPM Eq. 17)."""
     if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so any T keeps this shape
         betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
@@ -202,9 +175,8 @@ def make_schedule(name, T):
         s = 0.008
         f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * np.pi / 2) ** 2
         betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
-    alphas = 1 - betas
-    tables = dict(betas=betas, alphas=alphas, alphas_cumprod=np.cumprod(alphas))
-    return {k: torch.tensor(v, dtype=torch.float32) for k, v in tables.items()}
+    tables = dict(betas=betas, alphas=1 - betas, alphas_cumprod=np.cumprod(1 - betas))
+    return {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in tables.items()}
 
 
 def abar_at(sched, t):
@@ -226,11 +198,9 @@ def q_sample(sched, x0, t, eps):
 
 def posterior(x0, x_t, abar_t, abar_prev):
     """Mean and variance of q(x_prev | x_t, x0) (DDPM Eqs. 6-7), for any earlier step prev.
-
     With alpha = abar_t / abar_prev and beta = 1 - alpha (one step: alpha_t and beta_t):
     mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t,
-    var = beta_tilde = (1 - abar_prev) / (1 - abar_t) beta.     abar_t, abar_prev: [B, 1, 1, 1].
-    """
+    var = beta_tilde = (1 - abar_prev) / (1 - abar_t) beta.    abar_t, abar_prev: [B, 1, 1, 1]."""
     alpha = abar_t / abar_prev
     beta = 1 - alpha
     mean = (abar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - abar_prev) * x_t) / (1 - abar_t)
@@ -243,20 +213,18 @@ def split_prediction(prediction, out, x_t, abar):
         return (x_t - (1 - abar).sqrt() * out) / abar.sqrt(), out
     if prediction == "x0":
         return out, (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
-    # v = sqrt(abar) eps - sqrt(1-abar) x0  =>  x0 = sqrt(abar) x_t - sqrt(1-abar) v,
-    #                                            eps = sqrt(1-abar) x_t + sqrt(abar) v
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0 and Eq. 4 solved for x0 and eps:
     return abar.sqrt() * x_t - (1 - abar).sqrt() * out, (1 - abar).sqrt() * x_t + abar.sqrt() * out
 
 
 def training_target(prediction, x0, eps, abar):
+    """What the network learns to output: eps (DDPM Eq. 14), x0, or v (Salimans & Ho Sec. 4)."""
     return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
 
 
 def loss_weight(prediction, abar, gamma):
-    """Min-SNR-gamma weights, min(snr, gamma) / snr in eps units (Hang et al. 2023, Eqs. 8-9).
-
-    In x0 units the weight is min(snr, gamma), in v units min(snr, gamma) / (snr + 1); gamma 0: 1.
-    """
+    """Min-SNR-gamma weights: min(snr, gamma) / snr in eps units (Hang et al. 2023, Eqs. 8-9),
+    min(snr, gamma) in x0 units, min(snr, gamma) / (snr + 1) in v units; all 1 when gamma is 0."""
     if gamma == 0:
         return torch.ones_like(abar)
     snr = abar / (1 - abar)
@@ -265,8 +233,7 @@ def loss_weight(prediction, abar, gamma):
 
 def diffusion_loss(model, sched, x0, cfg):
     """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
-    t = torch.randint(cfg.T, (x0.shape[0],), device=x0.device)
-    eps = torch.randn_like(x0)
+    t, eps = torch.randint(cfg.T, (x0.shape[0],), device=x0.device), torch.randn_like(x0)
     with autocast(x0.device):
         out = model(q_sample(sched, x0, t, eps), t)
     abar = abar_at(sched, t)
@@ -285,27 +252,21 @@ def timesteps(T, steps):
 @torch.no_grad()
 def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
     """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0.
-
-    model(x_t, t) returns the prediction named by cfg.prediction. Each step reads x0 from it
-    (clipped to [-1, 1] for images) and takes the posterior mean (Eq. 7) with variance beta_tilde
-    (small) or beta (large); the last step adds no noise. record, a dict {step index: None},
-    receives (x_t, x0) of the first 16 images at those indices.
-    """
+    Each step reads x0 from the network's prediction (clipped to [-1, 1] for images) and takes the
+    posterior mean (Eq. 7) with variance beta_tilde (small) or beta (large); the last step adds no
+    noise. record, a dict {step index: None}, receives (x_t, x0) of the first 16 images there."""
     x = torch.randn(shape, device=device, generator=generator)
     ts = timesteps(cfg.T, cfg.sample_steps or cfg.T).tolist()
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+    for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
         tt = torch.full((shape[0],), t, device=device)
         abar_t = bcast(abar_at(sched, tt), x)
         abar_prev = bcast(abar_at(sched, torch.full_like(tt, t_prev)), x)
         with autocast(device):
             out = model(x, tt)
         x0, _ = split_prediction(cfg.prediction, out.float(), x, abar_t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
+        x0 = x0.clamp(-1, 1) if clip else x0
         mean, var = posterior(x0, x, abar_t, abar_prev)
-        if cfg.var == "large":
-            var = 1 - abar_t / abar_prev  # sigma_t^2 = beta_t (DDPM Sec. 3.2)
+        var = 1 - abar_t / abar_prev if cfg.var == "large" else var  # large: sigma_t^2 = beta_t
         if record is not None and i in record:
             record[i] = (x[:16].clone(), x0[:16].clone())
         noise = torch.randn(shape, device=device, generator=generator) if t_prev >= 0 else 0
@@ -313,29 +274,23 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
     return x
 
 
-# --------------------------------------------------------------------------------------------------
-# Training
-
-
+# --- Training: Algorithm 1 in nanoGPT's shape, and its checkpoints --------------------------------
 def learning_rate(cfg, step, total):
     """Linear warm-up, then constant or cosine decay to 0 at step `total`."""
-    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
-    return cfg.lr * warm * (cosine if cfg.lr_decay == "cosine" else 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * min(step / total, 1))) if cfg.lr_decay == "cosine" else 1
+    return cfg.lr * min(1, (step + 1) / max(cfg.warmup, 1)) * decay
 
 
 def ema_beta(cfg, nimg):
     """Decay per step for an EMA half-life of ema_halflife_kimg, shorter early on (EDM App. F)."""
-    halflife = cfg.ema_halflife_kimg * 1000
-    if cfg.ema_rampup:
-        halflife = min(halflife, nimg * cfg.ema_rampup)
-    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+    rampup = nimg * cfg.ema_rampup if cfg.ema_rampup else math.inf
+    return 0.5 ** (cfg.batch / max(min(cfg.ema_halflife_kimg * 1000, rampup), 1e-8))
 
 
 def compile_for_training(net, cuda_graphs):
-    """torch.compile, every activation channels_last (Inductor would keep a decoder conv with twice
-    as many input as output channels in NCHW, and cuDNN's backward copy it back), and CUDA graphs
-    (the ~1,100 kernel launches of a step, issued one by one, would make the CPU the limit)."""
+    """torch.compile, every activation channels_last (else Inductor keeps some decoder convs NCHW,
+    and cuDNN's backward copies them) and CUDA graphs (~1,100 launches a step bind the CPU)."""
+    torch.backends.cuda.enable_cudnn_sdp(False)  # bf16 backward NaNs reported (README: Speed)
     return torch.compile(net, options={"force_layout_optimization": True,
                                        "triton.cudagraphs": cuda_graphs})
 
@@ -350,29 +305,26 @@ def train(cfg, ckpt_path, state=None):
                      f"GPU(s) here -- pass --nproc_per_node={gpus}")
         if cfg.batch % world:
             fail(f"--batch {cfg.batch} must divide evenly over the {world} processes")
-        torch.cuda.set_device(local) if gpus else None
-        dist.init_process_group("nccl" if gpus else "gloo")
+        if gpus:
+            torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl" if gpus else "gloo")
         sys.stdout = open(os.devnull, "w") if rank else sys.stdout
     device = pick_device()
-    if rank == 0:
-        writable_or_fail(cfg.out, ckpt_path)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     data = torch.from_numpy(load_data(cfg)).to(device)  # uint8, NHWC, on the device
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    params, ema_params = list(model.parameters()), list(ema.parameters())
     cuda, step = device.type == "cuda", state["step"] if state else 0
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
-    if state:  # weights, optimizer and (one process) random state: as if it had never stopped
-        restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path, world == 1)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
+    if state:  # weights, optimizer and random state: as if it had never stopped
+        restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path)
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
-    net = DistributedDataParallel(model) if world > 1 else model  # it syncs the initial weights
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # syncs weights
     compiled, graphs = cfg.compile and cuda, cfg.compile and cuda and world == 1  # not with DDP
-    if compiled:
-        torch.backends.cuda.enable_cudnn_sdp(False)  # bf16 backward NaNs reported (README: Speed)
-        net = compile_for_training(net, graphs)
-    params, ema_params = list(model.parameters()), list(ema.parameters())
-    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    net = compile_for_training(net, graphs) if compiled else net
+    sched = make_schedule(cfg.schedule, cfg.T, device)
     print(f"training on {world} x {device.type}: {len(data)} images {cfg.image_size}px, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, batch {cfg.batch}"
           + f", from step {step}" * bool(state) + ", compiling first" * compiled, flush=True)
@@ -385,9 +337,7 @@ def train(cfg, ckpt_path, state=None):
     while step < total:
         if graphs:  # a new step: the graphs may overwrite the last step's outputs (all used)
             torch.compiler.cudagraph_mark_step_begin()
-        lr = learning_rate(cfg, step, total)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = opt.param_groups[0]["lr"] = learning_rate(cfg, step, total)  # the LR by step
         loss = diffusion_loss(net, sched, get_batch(data, cfg.batch // world, cfg.flip), cfg)
         loss.backward()  # under DDP the gradients arrive averaged over processes
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -398,11 +348,13 @@ def train(cfg, ckpt_path, state=None):
         loss_sum += loss.detach()
         step += 1
         if cfg.minutes and step - start in (3, 13):  # time 10 compiled steps, plan what fits
-            torch.cuda.synchronize() if cuda else None
+            if cuda:
+                torch.cuda.synchronize()
             if step - start == 13:  # rank 0's plan for all, so that all stop at the same step
                 left, per_step = cfg.minutes * 60 - (time.time() - t0), (time.time() - t_plan) / 10
                 plan = torch.tensor(step + max(0, int(left / per_step)), device=device)
-                dist.broadcast(plan, 0) if world > 1 else None
+                if world > 1:
+                    torch.distributed.broadcast(plan, 0)
                 total = int(plan)
                 print(f"--minutes {cfg.minutes:g}: {total - start} steps in all", flush=True)
             t_plan = time.time()
@@ -411,18 +363,18 @@ def train(cfg, ckpt_path, state=None):
         if not (log or save or (stop and world == 1)):
             continue
         mean = torch.stack([loss_sum / (step - step_last), torch.tensor(len(stop), device=device)])
-        dist.all_reduce(mean) if world > 1 else None  # all see one loss and Ctrl-C: all stop
+        if world > 1:  # all see one loss and Ctrl-C: all stop
+            torch.distributed.all_reduce(mean)
         loss_now, stopping = (mean / world).tolist()  # the host sync
         if not math.isfinite(loss_now):
-            fail(f"the loss became {loss_now} near step {step}; stopped without saving, so "
-                 f"{ckpt_path} keeps the last good state -- lower --lr or raise --warmup, then "
-                 "--resume")
-        now, rate = time.time(), (step - step_last) * cfg.batch / (time.time() - t_last)
-        if log:  # the first step compiles: no rate from it
-            print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | " + (
-                  "compiling: " if compiled and step == start + 1 else f"{rate:,.0f} img/s | "
-                  f"ETA {(total - step) * cfg.batch / rate / 60:.1f} min | ")
-                  + f"{(now - t0) / 60:.1f} min", flush=True)
+            fail(f"the loss became {loss_now} near step {step}; stopped, {ckpt_path} keeps the "
+                 "last good state -- lower --lr or raise --warmup, then --resume")
+        if log:  # the first step compiles (CUDA): no rate from it
+            rate = (step - step_last) * cfg.batch / (time.time() - t_last)
+            speed = f"{rate:,.0f} img/s | ETA {(total - step) * cfg.batch / rate / 60:.1f} min"
+            print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | "
+                  f"{'compiling' if compiled and step == start + 1 else speed} | "
+                  f"{(time.time() - t0) / 60:.1f} min", flush=True)
         loss_sum.zero_()
         if (save or stopping) and rank == 0:
             save_checkpoint(ckpt_path, model, ema, opt, replace(cfg, steps=total, minutes=0), step)
@@ -430,67 +382,45 @@ def train(cfg, ckpt_path, state=None):
             print(f"stopped at step {step}: saved {ckpt_path}; go on with --resume")
             sys.exit(130)
         if cfg.sample_every and step % cfg.sample_every == 0 and step < total and rank == 0:
-            write_grid(ema, sched, cfg, device, f"ddpm_train_step{step:07d}.png")
+            write_grid(ema, sched, cfg, device, step)
         t_last, step_last = time.time(), step  # grids and saves stay out of the img/s
     signal.signal(signal.SIGINT, previous)
     if rank == 0:
         print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; wrote {ckpt_path}; "
               f"drawing 64 samples ({min(100, cfg.sample_steps or cfg.T)} steps)", flush=True)
-        print(f"wrote {write_grid(ema, sched, cfg, device, f'ddpm_train_step{step:07d}.png')}")
+        print(f"wrote {write_grid(ema, sched, cfg, device, step)}")
     if world > 1:
-        dist.barrier()  # no process ends while rank 0 is still writing
-        dist.destroy_process_group()
+        torch.distributed.barrier()  # no process ends while rank 0 is still writing
+        torch.distributed.destroy_process_group()
 
 
 def on_ctrl_c(stop, world):
-    """The first Ctrl-C asks the loop to save and stop; a second stops at once (one process)."""
-    if stop and world == 1:
+    if stop and world == 1:  # a second Ctrl-C (one process): stop now
         raise KeyboardInterrupt
     stop.append(1)
     print("\nCtrl-C: finishing this step, then saving (Ctrl-C again to stop now)", flush=True)
 
 
-def pick_device():
-    if torch.cuda.is_available():  # fixed shapes: let cuDNN time its conv algorithms
-        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
-
-def writable_or_fail(out, ckpt_path=None):
-    """Write a file in --out and at --ckpt now: a path that cannot be written stops the run with
-    one line before any work, not after hours of training."""
-    try:
-        for path in [os.path.join(out, ".write_test")] + [f"{ckpt_path}.tmp"] * bool(ckpt_path):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            open(path, "wb").close()
-            os.remove(path)
-    except OSError as e:
-        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out"
-             + " and --ckpt" * bool(ckpt_path))
-
-
 def save_checkpoint(path, model, ema, opt, cfg, step):
-    """A self-describing checkpoint, written to path.tmp and renamed over path: a write that fails
-    or is cut short (a full disk, kill -9) leaves the previous checkpoint as it was."""
-    rng = dict(rng_cpu=torch.get_rng_state(), **({"rng_cuda": torch.cuda.get_rng_state()}
-                                                 if torch.cuda.is_available() else {}))
+    """A self-describing checkpoint via path.tmp, renamed over path: a failed or cut-short write
+    (a full disk, kill -9) leaves the previous checkpoint as it was."""
+    state = dict(kind="ddpm", config=asdict(cfg), step=step, model=model.state_dict(),
+                 ema=ema.state_dict(), opt=opt.state_dict(), rng_cpu=torch.get_rng_state(),
+                 rng_cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
     try:
         with open(f"{path}.tmp", "wb") as f:
-            torch.save(dict(kind="ddpm", config=asdict(cfg), step=step, model=model.state_dict(),
-                            ema=ema.state_dict(), opt=opt.state_dict(), **rng), f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(f"{path}.tmp", path)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
-        with contextlib.suppress(OSError):
+        if os.path.exists(f"{path}.tmp"):
             os.remove(f"{path}.tmp")
         fail(f"could not write {path} ({str(e).splitlines()[0][:80]}) -- free some disk space or "
              "pass another --ckpt; the last checkpoint written, if any, is intact")
 
 
 def load_checkpoint(path):
-    """A ddpm.py checkpoint as a dict, or one clear line saying why not."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -502,87 +432,78 @@ def load_checkpoint(path):
         fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
              " not a ddpm.py one -- pass a checkpoint written by `python ddpm.py --train`")
     known = {f.name for f in fields(Config)}  # configs of older versions may hold other fields
-    ckpt["config"] = {k: tuple(v) if isinstance(v, list) else v
-                      for k, v in ckpt["config"].items() if k in known}
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in known}
     return ckpt
 
 
-def restore(state, modules, path, rng):
-    """Load each module's state from a checkpoint (and the random state if rng), or one line."""
+def restore(state, modules, path):
+    """A checkpoint's module states and random state, or one line if they do not fit."""
     try:
         for name, module in modules.items():
             module.load_state_dict(state[name])
+        torch.set_rng_state(state["rng_cpu"])  # under DDP, each process then reseeds
+        if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
     except (RuntimeError, KeyError, ValueError) as e:
         fail(f"{path}'s weights do not fit this network ({str(e).splitlines()[0][:100]}) -- "
              "leave the network flags as they were")
-    if rng:
-        torch.set_rng_state(state["rng_cpu"])
-        if torch.cuda.is_available() and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
 
 
-# --------------------------------------------------------------------------------------------------
-# Sampling
-
-
+# --- Sampling: grids, the denoising GIF, and PNGs for FID -----------------------------------------
 def to_uint8(x):
     """float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def grid_array(x, cols=8):
-    """uint8 [N, H, W, 3] -> one uint8 image of them in rows of cols, with 2 px white gaps."""
+def grid_image(x, cols=8):
+    """uint8 [N, H, W, 3] -> one image of them in rows of cols, with 2 px white gaps."""
     x = np.pad(x, ((0, -len(x) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
-    return np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255)
+    return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
 
 
-def write_grid(ema, sched, cfg, device, name):
+def write_grid(ema, sched, cfg, device, step):
     """64 samples from the EMA network with at most 100 respaced steps: a look at progress."""
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
     gen = torch.Generator(device).manual_seed(cfg.seed)
     x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
-    Image.fromarray(grid_array(to_uint8(x))).save(path := os.path.join(cfg.out, name))
+    grid_image(to_uint8(x)).save(path := f"{cfg.out}/ddpm_train_step{step:07d}.png")
     return path
 
 
-def sample_main(cfg, ckpt, name):
+def sample_main(cfg, ckpt, path):
     """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
     device, model = pick_device(), build_model(cfg)
-    restore(ckpt, dict(ema=model), name, rng=False)
+    restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
-    sched = {k: v.to(device) for k, v in make_schedule(cfg.schedule, cfg.T).items()}
+    sched = make_schedule(cfg.schedule, cfg.T, device)
     steps, gen = cfg.sample_steps or cfg.T, torch.Generator(device).manual_seed(cfg.seed)
-    name = f"{os.path.splitext(os.path.basename(name))[0]}_step{ckpt['step']}_{cfg.var}{steps}_" \
-           f"seed{cfg.seed}"
+    name = (f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_step{ckpt['step']}_"
+            f"{cfg.var}{steps}_seed{cfg.seed}")
     # GIF frames at these step indices: denser towards the end, where the details form
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
-    images, t0 = np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8), time.time()
+    images, t0 = [], time.time()
     for i in range(0, cfg.n, cfg.sample_batch):  # full batches only: one compiled shape
         x = sample(net, sched, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), cfg,
                    device, gen, record=record if i == 0 else None)
-        images = np.concatenate([images, to_uint8(x[:cfg.n - i])])
+        images.extend(to_uint8(x[:cfg.n - i]))
         print(f"sampled {len(images)}/{cfg.n} ({time.time() - t0:.0f} s)", flush=True)
-    Image.fromarray(grid_array(images[:64])).save(f"{cfg.out}/{name}.png")
-    frames = [Image.fromarray(np.concatenate([grid_array(to_uint8(x_t), 4),
-                                              grid_array(to_uint8(x0), 4)], axis=1))
-              for x_t, x0 in (record[k] for k in sorted(record))]  # x_t | predicted x_0
-    frames[0].save(f"{cfg.out}/{name}.gif", save_all=True, duration=80, loop=0,
+    grid_image(np.stack(images[:64])).save(f"{name}.png")
+    frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
+              for pair in record.values()]  # x_t | predicted x_0
+    frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
-    print(f"wrote {name}.png and {name}.gif in {cfg.out}")
+    print(f"wrote {name}.png and {name}.gif")
     if cfg.n > 64:
-        os.makedirs(folder := f"{cfg.out}/{name}_n{cfg.n}", exist_ok=True)
+        os.makedirs(f"{name}_n{cfg.n}", exist_ok=True)
         for k, im in enumerate(images):
-            Image.fromarray(im).save(f"{folder}/{k:06d}.png")
-        print(f"wrote {cfg.n} PNGs to {folder}")
+            Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
+        print(f"wrote {cfg.n} PNGs to {name}_n{cfg.n}")
 
 
-# --------------------------------------------------------------------------------------------------
-# Command line: --train | --sample, and every Config field as a flag.
-
-
+# --- Command line: --train | --sample, and every Config field as a flag ---------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: sys.exit(f"ddpm.py: {message} -- see python ddpm.py --help")
@@ -592,11 +513,11 @@ def main(argv=None):
     p.add_argument("--ckpt", default="ddpm.pt", help="checkpoint path (ddpm.pt)")
     p.add_argument("--resume", action="store_true", help="with --train: continue --ckpt")
     tuples = lambda text: tuple(int(v) for v in text.split(",") if v.strip())  # noqa: E731
+    kinds = {bool: dict(action=argparse.BooleanOptionalAction), tuple: dict(type=tuples)}
     for f in fields(Config):
-        kind = {bool: None, tuple: tuples}.get(type(f.default), type(f.default))
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        extra = dict(action=argparse.BooleanOptionalAction) if kind is None else dict(type=kind)
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS, **extra,
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=argparse.SUPPRESS,
+                       **kinds.get(type(f.default), dict(type=type(f.default))),
                        choices=f.metadata["choices"], help=f"{f.metadata['help']} ({shown})")
     args = p.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
@@ -605,8 +526,14 @@ def main(argv=None):
     state = load_checkpoint(args.ckpt) if args.resume or args.sample else None
     cfg = replace(Config(**state["config"]) if state else Config(), **given)
     check_config(cfg)
+    try:  # a folder that cannot be written stops the run now, not after hours of training
+        for folder in [cfg.out] + [os.path.dirname(os.path.abspath(args.ckpt))] * args.train:
+            os.makedirs(folder, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out"
+             + " and --ckpt" * args.train)
     if args.sample:
-        writable_or_fail(cfg.out)
         return sample_main(cfg, state, args.ckpt)
     if not args.resume and os.path.exists(args.ckpt):
         fail(f"{args.ckpt} exists -- add --resume to continue it, or --ckpt NEW.pt for a new run")
