@@ -12,8 +12,7 @@ errors in eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samp
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
 
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
-    betas[t]            beta_t              variance of forward step t
-    alphas[t]           alpha_t = 1 - beta_t
+    betas[t], alphas[t] beta_t, alpha_t     variance of forward step t, alpha_t = 1 - beta_t
     alphas_cumprod[t]   abar_t = prod_{s <= t} alpha_s
     abar_prev           abar of the step sampled next; 1 before the first step (t_prev = -1)
     x0, eps, x_t        x_0, epsilon, x_t   data, noise, noised data
@@ -40,10 +39,8 @@ from unet import UNet
 POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
 NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
 
-
 def arg(default, help, ok=None, choices=None):
     return field(default=default, metadata=dict(help=help, ok=ok, choices=choices))
-
 
 @dataclass
 class Config:
@@ -64,7 +61,6 @@ class Config:
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
-    lr_decay: str = arg("cosine", "after warm-up (cosine: to 0)", None, ("cosine", "constant"))
     weight_decay: float = arg(0.0, "AdamW weight decay", NOT_NEGATIVE)
     grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)", POSITIVE)
     ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM)", NOT_NEGATIVE)
@@ -81,10 +77,8 @@ class Config:
     var: str = arg("small", "reverse variance: beta_tilde (Eq. 7) | beta", None, ("small", "large"))
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
 
-
 def fail(message):
     sys.exit(f"ddpm.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
-
 
 def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
@@ -102,17 +96,13 @@ def check_config(cfg):
     if cfg.schedule == "linear" and cfg.T < 21:  # beta_T = 0.02 * 1000 / T must stay below 1
         fail(f"--T {cfg.T}: linear betas need T >= 21 -- raise --T or use --schedule cosine")
 
-
 # --- Data: uint8 [N, H, W, 3] on the device, made [-1, 1] floats a batch at a time ----------------
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
 def load_folder(path, size):
     """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
     resized with an antialiasing filter; also returns how many files could not be read."""
     images, skipped = [], 0
     for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                       if f.lower().endswith(IMAGE_EXTS)):
+                       if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp"))):
         try:
             with Image.open(name) as im:
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
@@ -126,7 +116,6 @@ def load_folder(path, size):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
 
-
 def load_data(cfg):
     if not cfg.data:
         import cartoons  # only the built-in data needs it
@@ -139,32 +128,26 @@ def load_data(cfg):
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
     return images
 
-
 def get_batch(data, batch, flip):
     """A random batch from uint8 [N, H, W, 3] on the device -> float [B, 3, H, W] in [-1, 1]."""
     x = data[torch.randint(len(data), (batch,), device=data.device)]
     x = x.permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
-    if flip:
-        x = torch.where(torch.rand(batch, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
-    return x
-
+    flips = torch.rand(batch, 1, 1, 1, device=x.device) < 0.5 * flip
+    return torch.where(flips, x.flip(3), x)
 
 # --- Model: unet.py's U-Net, run in bf16 on CUDA --------------------------------------------------
 def build_model(cfg):
     return UNet(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
                 attn_levels=cfg.attn_levels, dropout=cfg.dropout)
 
-
 def autocast(device):  # bf16 around the network on CUDA, a no-op elsewhere
     return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-
 
 def pick_device():
     if torch.cuda.is_available():  # fixed shapes: let cuDNN time its conv algorithms
         torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
 
 # --- The math of DDPM: schedules in float64, cast once to float32; x is [B, C, H, W] --------------
 def make_schedule(name, T, device="cpu"):
@@ -178,23 +161,17 @@ def make_schedule(name, T, device="cpu"):
     tables = dict(betas=betas, alphas=1 - betas, alphas_cumprod=np.cumprod(1 - betas))
     return {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in tables.items()}
 
-
-def abar_at(sched, t):
-    """abar_t for integer t [B], with abar_{-1} = 1 (no noise before the first step)."""
+def abar_at(sched, t):  # abar_t for integer t [B], and abar_{-1} = 1: no noise before step 0
     abar = sched["alphas_cumprod"].to(t.device)
     return torch.where(t >= 0, abar[t.clamp(min=0)], torch.ones((), device=t.device))
 
-
-def bcast(a, x):
-    """[B] -> [B, 1, 1, 1], to broadcast a per-sample scalar over an image batch."""
+def bcast(a, x):  # [B] -> [B, 1, 1, 1], to broadcast a per-sample scalar over an image batch
     return a.view(-1, *([1] * (x.dim() - 1)))
-
 
 def q_sample(sched, x0, t, eps):
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a draw from q(x_t | x_0) (DDPM Eq. 4)."""
     abar = bcast(abar_at(sched, t), x0)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-
 
 def posterior(x0, x_t, abar_t, abar_prev):
     """Mean and variance of q(x_prev | x_t, x0) (DDPM Eqs. 6-7), for any earlier step prev.
@@ -206,7 +183,6 @@ def posterior(x0, x_t, abar_t, abar_prev):
     mean = (abar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - abar_prev) * x_t) / (1 - abar_t)
     return mean, (1 - abar_prev) / (1 - abar_t) * beta
 
-
 def split_prediction(prediction, out, x_t, abar):
     """The network output as (x0, eps), whichever it predicts: the one place that converts."""
     if prediction == "eps":  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)  (Eq. 4 solved for x0)
@@ -216,11 +192,9 @@ def split_prediction(prediction, out, x_t, abar):
     # v = sqrt(abar) eps - sqrt(1 - abar) x0 and Eq. 4 solved for x0 and eps:
     return abar.sqrt() * x_t - (1 - abar).sqrt() * out, (1 - abar).sqrt() * x_t + abar.sqrt() * out
 
-
 def training_target(prediction, x0, eps, abar):
     """What the network learns to output: eps (DDPM Eq. 14), x0, or v (Salimans & Ho Sec. 4)."""
     return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
-
 
 def loss_weight(prediction, abar, gamma):
     """Min-SNR-gamma weights: min(snr, gamma) / snr in eps units (Hang et al. 2023, Eqs. 8-9),
@@ -229,7 +203,6 @@ def loss_weight(prediction, abar, gamma):
         return torch.ones_like(abar)
     snr = abar / (1 - abar)
     return torch.clamp(snr, max=gamma) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction]
-
 
 def diffusion_loss(model, sched, x0, cfg):
     """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
@@ -241,13 +214,11 @@ def diffusion_loss(model, sched, x0, cfg):
     mse = (out.float() - target).square().mean(dim=(1, 2, 3))
     return (loss_weight(cfg.prediction, abar, cfg.min_snr_gamma) * mse).mean()
 
-
 def timesteps(T, steps):
     """steps steps from T-1 down to 0, t_i = floor((T-1)(S-1-i)/(S-1) + 1/2) in exact integers;
     all T when steps == T (IDDPM Sec. 4). ddim.py's uniform spacing is the same list."""
     S = max(steps - 1, 1)
     return torch.tensor([((T - 1) * (S - i) * 2 + S) // (2 * S) for i in range(steps)])
-
 
 @torch.no_grad()
 def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
@@ -273,19 +244,16 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
         x = mean + var.sqrt() * noise
     return x
 
-
 # --- Training: Algorithm 1 in nanoGPT's shape, and its checkpoints --------------------------------
 def learning_rate(cfg, step, total):
-    """Linear warm-up, then constant or cosine decay to 0 at step `total`."""
-    decay = 0.5 * (1 + math.cos(math.pi * min(step / total, 1))) if cfg.lr_decay == "cosine" else 1
+    """Linear warm-up, then a cosine decay to 0 at step `total`."""
+    decay = 0.5 * (1 + math.cos(math.pi * min(step / total, 1)))
     return cfg.lr * min(1, (step + 1) / max(cfg.warmup, 1)) * decay
-
 
 def ema_beta(cfg, nimg):
     """Decay per step for an EMA half-life of ema_halflife_kimg, shorter early on (EDM App. F)."""
     rampup = nimg * cfg.ema_rampup if cfg.ema_rampup else math.inf
     return 0.5 ** (cfg.batch / max(min(cfg.ema_halflife_kimg * 1000, rampup), 1e-8))
-
 
 def compile_for_training(net, cuda_graphs):
     """torch.compile, every activation channels_last (else Inductor keeps some decoder convs NCHW,
@@ -293,7 +261,6 @@ def compile_for_training(net, cuda_graphs):
     torch.backends.cuda.enable_cudnn_sdp(False)  # bf16 backward NaNs reported (README: Speed)
     return torch.compile(net, options={"force_layout_optimization": True,
                                        "triton.cudagraphs": cuda_graphs})
-
 
 def train(cfg, ckpt_path, state=None):
     """Algorithm 1 with AdamW, an EMA and checkpoints; state: a checkpoint to continue from."""
@@ -325,9 +292,8 @@ def train(cfg, ckpt_path, state=None):
     compiled, graphs = cfg.compile and cuda, cfg.compile and cuda and world == 1  # not with DDP
     net = compile_for_training(net, graphs) if compiled else net
     sched = make_schedule(cfg.schedule, cfg.T, device)
-    print(f"training on {world} x {device.type}: {len(data)} images {cfg.image_size}px, "
-          f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, batch {cfg.batch}"
-          + f", from step {step}" * bool(state) + ", compiling first" * compiled, flush=True)
+    print(f"training on {world} x {device.type} from step {step}: {len(data)} images, "
+          f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters" + ", compiling" * compiled)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
     previous = signal.signal(signal.SIGINT, lambda *_: on_ctrl_c(stop, world))
     # --minutes: a provisional end until steps 3 to 13 are timed (it keeps the LR near its peak)
@@ -348,8 +314,7 @@ def train(cfg, ckpt_path, state=None):
         loss_sum += loss.detach()
         step += 1
         if cfg.minutes and step - start in (3, 13):  # time 10 compiled steps, plan what fits
-            if cuda:
-                torch.cuda.synchronize()
+            loss_sum.item()  # a host sync: the GPU has run the steps queued so far
             if step - start == 13:  # rank 0's plan for all, so that all stop at the same step
                 left, per_step = cfg.minutes * 60 - (time.time() - t0), (time.time() - t_plan) / 10
                 plan = torch.tensor(step + max(0, int(left / per_step)), device=device)
@@ -371,7 +336,9 @@ def train(cfg, ckpt_path, state=None):
                  "last good state -- lower --lr or raise --warmup, then --resume")
         if log:  # the first step compiles (CUDA): no rate from it
             rate = (step - step_last) * cfg.batch / (time.time() - t_last)
-            speed = f"{rate:,.0f} img/s | ETA {(total - step) * cfg.batch / rate / 60:.1f} min"
+            left = (cfg.minutes * 60 - (time.time() - t0) if cfg.minutes  # what the budget leaves
+                    else (total - step) * cfg.batch / rate)
+            speed = f"{rate:,.0f} img/s | ETA {left / 60:.1f} min"
             print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | "
                   f"{'compiling' if compiled and step == start + 1 else speed} | "
                   f"{(time.time() - t0) / 60:.1f} min", flush=True)
@@ -393,13 +360,11 @@ def train(cfg, ckpt_path, state=None):
         torch.distributed.barrier()  # no process ends while rank 0 is still writing
         torch.distributed.destroy_process_group()
 
-
 def on_ctrl_c(stop, world):
     if stop and world == 1:  # a second Ctrl-C (one process): stop now
         raise KeyboardInterrupt
     stop.append(1)
     print("\nCtrl-C: finishing this step, then saving (Ctrl-C again to stop now)", flush=True)
-
 
 def save_checkpoint(path, model, ema, opt, cfg, step):
     """A self-describing checkpoint via path.tmp, renamed over path: a failed or cut-short write
@@ -419,7 +384,6 @@ def save_checkpoint(path, model, ema, opt, cfg, step):
         fail(f"could not write {path} ({str(e).splitlines()[0][:80]}) -- free some disk space or "
              "pass another --ckpt; the last checkpoint written, if any, is intact")
 
-
 def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -435,7 +399,6 @@ def load_checkpoint(path):
     ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in known}
     return ckpt
 
-
 def restore(state, modules, path):
     """A checkpoint's module states and random state, or one line if they do not fit."""
     try:
@@ -448,12 +411,9 @@ def restore(state, modules, path):
         fail(f"{path}'s weights do not fit this network ({str(e).splitlines()[0][:100]}) -- "
              "leave the network flags as they were")
 
-
 # --- Sampling: grids, the denoising GIF, and PNGs for FID -----------------------------------------
-def to_uint8(x):
-    """float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU."""
+def to_uint8(x):  # float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
 
 def grid_image(x, cols=8):
     """uint8 [N, H, W, 3] -> one image of them in rows of cols, with 2 px white gaps."""
@@ -462,7 +422,6 @@ def grid_image(x, cols=8):
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
     return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
 
-
 def write_grid(ema, sched, cfg, device, step):
     """64 samples from the EMA network with at most 100 respaced steps: a look at progress."""
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
@@ -470,7 +429,6 @@ def write_grid(ema, sched, cfg, device, step):
     x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
     grid_image(to_uint8(x)).save(path := f"{cfg.out}/ddpm_train_step{step:07d}.png")
     return path
-
 
 def sample_main(cfg, ckpt, path):
     """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
@@ -495,13 +453,11 @@ def sample_main(cfg, ckpt, path):
               for pair in record.values()]  # x_t | predicted x_0
     frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
-    print(f"wrote {name}.png and {name}.gif")
     if cfg.n > 64:
         os.makedirs(f"{name}_n{cfg.n}", exist_ok=True)
         for k, im in enumerate(images):
             Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
-        print(f"wrote {cfg.n} PNGs to {name}_n{cfg.n}")
-
+    print(f"wrote {name}.png, {name}.gif" + f" and {cfg.n} PNGs in {name}_n{cfg.n}" * (cfg.n > 64))
 
 # --- Command line: --train | --sample, and every Config field as a flag ---------------------------
 def main(argv=None):
@@ -538,7 +494,6 @@ def main(argv=None):
     if not args.resume and os.path.exists(args.ckpt):
         fail(f"{args.ckpt} exists -- add --resume to continue it, or --ckpt NEW.pt for a new run")
     train(cfg, args.ckpt, state)
-
 
 if __name__ == "__main__":
     main()
