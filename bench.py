@@ -20,11 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import ddpm
 import unet
 
-
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
 
 def seconds_per_call(fn, reps, warmup=3):
     for _ in range(warmup):
@@ -36,12 +34,10 @@ def seconds_per_call(fn, reps, warmup=3):
     sync()
     return (time.perf_counter() - t0) / reps
 
-
 def matmul_peak(device):
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return 2 * n ** 3 / seconds_per_call(lambda: a @ b, reps=20)
-
 
 def training_step(cfg, device, compiled):
     """ddpm.train's step (AdamW, clipping, EMA) as a function, on random images."""
@@ -64,7 +60,6 @@ def training_step(cfg, device, compiled):
         opt.zero_grad(set_to_none=True)
         torch._foreach_lerp_(ema_params, params, 0.001)
     return model, step
-
 
 def bench_training(cfg, device, label="", eager=True):
     """Training images/s and MFU, eager then compiled (on CUDA), and sampling evaluations/s."""
@@ -95,7 +90,6 @@ def bench_training(cfg, device, label="", eager=True):
               flush=True)
     return bench_sampling(cfg, model, device, label)
 
-
 def bench_sampling(cfg, model, device, label=""):
     """Network evaluations/s at the sampling batch, compiled on CUDA: 150 calls, as many as DDIM-50
     makes for three batches, so the figure is the rate a sampling run sustains, not a burst's."""
@@ -113,14 +107,12 @@ def bench_sampling(cfg, model, device, label=""):
     print(f"sampling {label}{rate:,.0f} network evals/s at batch {cfg.sample_batch}", flush=True)
     return rate
 
-
 def plain_layers():
     """unet.py's speed-ups swapped for the PyTorch layers they stand for, for an A/B."""
     class Identity:
         apply = staticmethod(lambda x: x)
     return dict(GroupNorm=nn.GroupNorm, Upsample=lambda: nn.Upsample(scale_factor=2),
                 DenseGrad=Identity)
-
 
 def bench_ab(cfg, device):
     """Each speed-up against the plain layer, in one process: the default first; GroupNorm plain,
@@ -138,7 +130,6 @@ def bench_ab(cfg, device):
             bench_training(cfg, device, label=f"[{name}] ", eager=not swap)
     for k in ours:
         setattr(unet, k, ours[k])
-
 
 def bench_ddim(cfg, device, steps=50):
     """DDIM-50 images/s at --sample-batch through ddim.ddim_sample: eager fp32 (TF32 off, then on)
@@ -161,7 +152,6 @@ def bench_ddim(cfg, device, steps=50):
     print(f"compiled bf16 / eager fp32: {rates['compiled bf16'] / rates['eager fp32']:.2f}x, "
           f"/ eager TF32: {rates['compiled bf16'] / rates['eager TF32']:.2f}x")
 
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ab", action="store_true", help="A/B of unet.py's speed-ups")
@@ -178,7 +168,6 @@ def main(argv=None):
     if args.ddim:
         return bench_ddim(cfg, device)
     bench_training(cfg, device)
-
 
 if __name__ == "__main__":
     main()

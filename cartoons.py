@@ -31,11 +31,9 @@ HAIR = [(34, 30, 30), (68, 44, 30), (112, 72, 42), (144, 62, 34), (212, 104, 40)
 IRIS = [(72, 44, 28), (60, 110, 180), (70, 130, 80), (110, 120, 130), (25, 25, 25)]
 FRAMES = [(20, 20, 20), (140, 40, 40), (40, 60, 140), (190, 150, 60), (230, 90, 140)]
 
-
 def shade(rgb, f):
     """A darker (f < 1) or lighter (f > 1) version of a colour."""
     return tuple(int(min(255, c * f)) for c in rgb)
-
 
 def draw_face(rng):
     """One face as a 256x256 RGB PIL image; every random choice comes from rng."""
@@ -187,12 +185,10 @@ def draw_face(rng):
         d.line([(cx - gap + w, ey - 2), (cx + gap - w, ey - 2)], frame, 4)
     return img
 
-
 def _draw(job):
     seed, i, size = job
     img = draw_face(np.random.default_rng([seed, i]))
     return np.asarray(img.resize((size, size), Image.LANCZOS))
-
 
 def make(n, size=64, seed=0, workers=None):
     """n cartoon faces as uint8 [n, size, size, 3]; face i depends only on (seed, i)."""
@@ -204,7 +200,6 @@ def make(n, size=64, seed=0, workers=None):
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
         return np.stack(list(pool.map(_draw, jobs, chunksize=64)))
 
-
 def grid(images):
     """uint8 [n, h, w, 3] -> one uint8 image: the faces row by row, 2 px white gaps between."""
     n, h, w, _ = images.shape
@@ -212,7 +207,6 @@ def grid(images):
     tiles = np.pad(images, ((0, -n % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     rows = tiles.reshape(-1, cols, h + 2, w + 2, 3).swapaxes(1, 2).reshape(-1, cols * (w + 2), 3)
     return np.pad(rows, ((0, 2), (0, 2), (0, 0)), constant_values=255)
-
 
 def writable_or_fail(path, flag):
     """Make path's folder and save a 1-pixel image beside path in its format, before any drawing."""
@@ -225,7 +219,6 @@ def writable_or_fail(path, flag):
         sys.exit(f"cartoons.py: {flag} {path}: not an image name Pillow writes -- end it in .png")
     except OSError as e:
         sys.exit(f"cartoons.py: cannot write {path} ({e.strerror or e}) -- pass a writable {flag}")
-
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Write cartoon faces as a grid or as a PNG folder.")

@@ -76,7 +76,6 @@ def check_config(cfg):
     except OSError as e:
         fail(f"--out {cfg.out}: cannot write there ({e.strerror}) -- pass a writable folder")
 
-
 # --------------------------------------------------------------------------------------------------
 # Data: uint8 [N, H, W, 3] images; load_images is ddpm.py's load_folder (pinned by a test).
 
@@ -113,7 +112,6 @@ def grid_array(x, cols=8):
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
     return np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255)
 
-
 # --------------------------------------------------------------------------------------------------
 # Model: the EMA network of a ddpm.py checkpoint, rebuilt from the checkpoint's own config.
 
@@ -136,7 +134,6 @@ def load_checkpoint(path, device="cpu"):
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         fail(f"{path}: its config and weights do not fit ({str(e).splitlines()[0][:80]}) -- {fix}")
     return net.to(device, memory_format=torch.channels_last).eval(), abar, c, ckpt.get("step", 0)
-
 
 # --------------------------------------------------------------------------------------------------
 # The math of DDIM. Schedules in float64, cast once to float32; x tensors are [B, ...].
@@ -208,7 +205,6 @@ def slerp(z0, z1, a):
     a = a.view(-1, *[1] * z0.dim())
     return (torch.sin((1 - a) * theta) * z0 + torch.sin(a * theta) * z1) / torch.sin(theta)
 
-
 # --------------------------------------------------------------------------------------------------
 # Sampling: image k's noise comes from its own generator, so --batch does not change the images.
 
@@ -255,7 +251,6 @@ def sample_images(net, abar, c, cfg, first, count, record=None):
     return ddim_sample(net, abar, x, timestep_pairs(c["T"], cfg.steps, cfg.spacing),
                        c["prediction"], 0.0 if cfg.interp else cfg.eta, cfg.clip, noise, cfg.bf16,
                        record)
-
 
 # --------------------------------------------------------------------------------------------------
 # Command line: sample (default) | --compare | --invert | --interp; every Config field is a flag.

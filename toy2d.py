@@ -42,10 +42,8 @@ NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
 ABOVE_20 = (lambda v: v > 20, "above 20 (the linear schedule's last beta is 20/T)")
 RED = (200, 30, 30)
 
-
 def arg(default, help, ok=None, choices=None):
     return field(default=default, metadata=dict(help=help, ok=ok, choices=choices))
-
 
 @dataclass
 class Config:
@@ -67,11 +65,9 @@ class Config:
     out: str = arg("out", "folder for the pictures and the samples (.npy)")
     seed: int = arg(0, "random seed; the metrics' fresh data: seed+1, seed+2", NOT_NEGATIVE)
 
-
 def fail(message):
     """Stop with one line on stderr naming the problem and the fix (exit status 1)."""
     sys.exit(f"toy2d.py: {message}")
-
 
 # ----------------------------------------------------------------------------------------- data
 # Gaussian mixture with known weights, means and covariances: the oracle's ground truth.
@@ -79,7 +75,6 @@ MIX_W = np.array([0.5, 0.3, 0.2])
 MIX_MU = np.array([[-2.5, -1.5], [2.5, -1.5], [0.0, 2.5]])
 MIX_COV = np.array([[[0.30, 0.20], [0.20, 0.30]], [[0.20, -0.10], [-0.10, 0.40]],
                     [[0.60, 0.00], [0.00, 0.05]]])
-
 
 def swiss_roll_moments():
     """Scalar mean and std of the coordinates of (t cos t, t sin t), integrated in closed form."""
@@ -90,7 +85,6 @@ def swiss_roll_moments():
     mean = (w * (int_cos(b) - int_cos(a) + int_sin(b) - int_sin(a))).sum() / 2
     mean_sq = (w * (b**3 - a**3) / 3).sum() / 2      # E[x^2 + y^2] / 2 = E[t^2] / 2
     return mean, math.sqrt(mean_sq - mean**2)
-
 
 def make_data(name, n, rng):
     """n points of a 2D data set, float32 [n, 2]."""
@@ -118,7 +112,6 @@ def make_data(name, n, rng):
         x = MIX_MU[k] + (np.linalg.cholesky(MIX_COV)[k] @ rng.standard_normal((n, 2, 1)))[..., 0]
     return x.astype(np.float32)
 
-
 # ---------------------------------------------------------------------------------------- model
 class MLP(nn.Module):
     """Noise predictor eps_theta(x_t, t): [B, 2], [B] -> [B, 2]. Pre-norm residual blocks
@@ -140,7 +133,6 @@ class MLP(nn.Module):
             h = h + w2(F.silu(w1(norm(h)) + we(emb)))
         return self.out(h)
 
-
 # ------------------------------------------------------------------------ the math of diffusion
 def make_schedule(T, dtype=torch.float32):
     """The linear schedule's tables in float64, cast once: beta from 1e-4 to 0.02 at T = 1000,
@@ -151,24 +143,20 @@ def make_schedule(T, dtype=torch.float32):
                   alphas_cumprod_prev=np.append(1.0, abar[:-1]))
     return {k: torch.tensor(v, dtype=dtype) for k, v in tables.items()}
 
-
 def noise_like(x, gen):
     """z ~ N(0, I) shaped like x, drawn from the sampler's own generator."""
     return torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-
 
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM Eq. 4)."""
     abar = sched["alphas_cumprod"][t, None]   # t an int or [B]: [1] or [B, 1], as x is [B, 2]
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
-
 def denoising_loss(model, x0, sched):
     """|eps - eps_theta(x_t, t)|^2 with t ~ U{0, ..., T-1}, eps ~ N(0, I) (DDPM Alg. 1, Eq. 14)."""
     t = torch.randint(len(sched["betas"]), (len(x0),), device=x0.device)
     eps = torch.randn_like(x0)
     return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
-
 
 def posterior(x0, x_t, t, sched):
     """Mean and variance of q(x_{t-1} | x_t, x0) (DDPM Eqs. 6-7)."""
@@ -177,7 +165,6 @@ def posterior(x0, x_t, t, sched):
     mean = (abar_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - abar_prev) * x_t) / (1 - abar)
     return mean, (1 - abar_prev) / (1 - abar) * beta
 
-
 def p_sample(eps_fn, x_t, t, sched, gen):
     """One DDPM step x_t -> x_{t-1} with sigma_t^2 = beta~_t (DDPM Alg. 2, Eq. 11 via Eq. 7)."""
     abar = sched["alphas_cumprod"][t, None]
@@ -185,14 +172,12 @@ def p_sample(eps_fn, x_t, t, sched, gen):
     mean, var = posterior(x0_pred, x_t, t, sched)                        # var = 0 at t = 0
     return mean + var.sqrt() * noise_like(x_t, gen)
 
-
 def ddim_timesteps(T, S):
     """(t, t_prev) pairs of S uniform steps down to t_prev = -1 (abar = 1), distinct for S <= T:
     t_i = floor((T-1)(S-1-i)/(S-1) + 1/2) in exact integers (DDIM Sec. 4.2)."""
     ts = [((T - 1) * (S - 1 - i) * 2 + S - 1) // (2 * (S - 1)) for i in range(S)] if S > 1 \
         else [T - 1]
     return list(zip(ts, ts[1:] + [-1]))
-
 
 def ddim_step(eps_fn, x_t, t, t_prev, eta, sched, gen):
     """x_t -> x_{t_prev} (DDIM Eq. 12, sigma from Eq. 16); eta = 0 is the deterministic DDIM."""
@@ -204,7 +189,6 @@ def ddim_step(eps_fn, x_t, t, t_prev, eta, sched, gen):
     direction = (1 - abar_prev - sigma_t**2).clamp(min=0).sqrt() * eps             # to x_t
     return abar_prev.sqrt() * x0_pred + direction + sigma_t * noise_like(x_t, gen)
 
-
 def mixture_terms(x, abar):
     """For q_t = sum_k w_k N(sqrt(abar) mu_k, C_k), C_k = abar Sigma_k + (1-abar) I (DDPM Eq. 4):
     log w_k N_k(x) [n, K] and C_k^-1 (x - sqrt(abar) mu_k) [n, K, 2], in float64."""
@@ -215,7 +199,6 @@ def mixture_terms(x, abar):
     log_n = -0.5 * ((c_inv_d * d).sum(-1) + torch.logdet(cov)) - math.log(2 * math.pi)
     return torch.tensor(MIX_W, **f64).log() + log_n, c_inv_d
 
-
 def oracle_eps(x, t, sched):
     """The exact noise predictor eps*(x_t, t) = -sqrt(1 - abar_t) grad log q_t(x_t) (Tweedie),
     grad log q_t = -sum_k r_k(x) C_k^-1 (x - sqrt(abar) mu_k), r_k the responsibilities."""
@@ -223,12 +206,10 @@ def oracle_eps(x, t, sched):
     log_wn, c_inv_d = mixture_terms(x, abar)
     return (math.sqrt(1 - abar) * (log_wn.softmax(1)[..., None] * c_inv_d).sum(1)).to(x.dtype)
 
-
 def chamfer(a, b):
     """KAIST's Chamfer distance: sum over both directions of squared nearest-neighbour distances."""
     d2 = torch.cdist(a.double(), b.double()) ** 2
     return (d2.min(1).values.sum() + d2.min(0).values.sum()).item()
-
 
 def mmd2(a, b, h=0.5):
     """Unbiased MMD^2 with the RBF kernel k(x, y) = exp(-|x - y|^2 / 2h^2) (Gretton et al. 2012)."""
@@ -236,7 +217,6 @@ def mmd2(a, b, h=0.5):
     n, m = len(a), len(b)
     return ((k(a, a).sum() - n) / (n * (n - 1)) + (k(b, b).sum() - m) / (m * (m - 1))
             - 2 * k(a, b).mean()).item()
-
 
 # ---------------------------------------------------------------------------------------- train
 def train(cfg, data, sched):
@@ -258,7 +238,6 @@ def train(cfg, data, sched):
                   end="", flush=True)
     print()
     return model.eval()
-
 
 # --------------------------------------------------------------------------------------- sample
 @torch.no_grad()
@@ -284,7 +263,6 @@ def sample(eps_fn, sched, cfg, sampler, eta, gen):
             frames.append((f"sigma = {sigma:.3g}", x))
     return x, frames
 
-
 def draw_panel(title, lim, layers, size=300):
     """A Pillow plot on [-lim, lim]^2 of layers [(xy, dxy, rgb)]: a dot at xy, an arrow to dxy."""
     img = Image.new("P", (size, size + 18), (255, 255, 255))   # exact colours, small files
@@ -299,7 +277,6 @@ def draw_panel(title, lim, layers, size=300):
             draw.rectangle([u - 1, v - 1, u, v], fill=rgb)
     return img
 
-
 def save(panels, path):
     """Panels side by side as a PNG, or one after another as a GIF that holds the last one."""
     if path.endswith(".gif"):
@@ -311,7 +288,6 @@ def save(panels, path):
             row.paste(p, (i * p.width, 0))
         row.quantize(16).save(path, optimize=True)
     print(f"wrote {path}", flush=True)
-
 
 def save_noise_field(eps_fn, sched, ref, lim, path):
     """Learned (red) against exact (black) eps on a 15 x 15 grid over the data (grey), 3 t's."""
@@ -325,7 +301,6 @@ def save_noise_field(eps_fn, sched, ref, lim, path):
             (ref.numpy(), 0, (190, 190, 190)), (grid.numpy(), arrow(exact), (0, 0, 0)),
             (grid.numpy(), arrow(learned), RED)]))
     save(panels, path)
-
 
 # --------------------------------------------------------------------------------- command line
 def parse_config(argv=None):
@@ -341,7 +316,6 @@ def parse_config(argv=None):
                        help=f.metadata["help"], **kind)
     return Config(**vars(p.parse_args(argv)))
 
-
 def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
     for f in fields(cfg):
@@ -356,7 +330,6 @@ def check_config(cfg):
         fail(f"--ddim-steps {cfg.ddim_steps}: must be at most --T {cfg.T}")
     if cfg.sampler == "langevin" and cfg.langevin_levels > cfg.T:
         fail(f"--langevin-levels {cfg.langevin_levels}: must be at most --T {cfg.T}")
-
 
 def main(cfg):
     try:   # an --out that cannot be written stops the run now, not after the training
@@ -403,7 +376,6 @@ def main(cfg):
         lp = torch.logsumexp(mixture_terms(x, 1.0)[0], 1)   # log q_0(x)
         print(f"{name:<22}{chamfer(x, ref):>9.2f}{mmd2(x, ref):>11.2e}"
               + f"{lp.mean():>12.4f} +- {lp.std() / math.sqrt(len(lp)):.4f}" * mix)
-
 
 if __name__ == "__main__":
     config = parse_config()

@@ -22,18 +22,15 @@ import torch.nn.functional as F
 # --------------------------------------------------------------------------------------------------
 # The network
 
-
 def group_norm(ch):
     """GroupNorm with 32 groups where the width allows it (DDPM Appendix B)."""
     return GroupNorm(math.gcd(32, ch), ch)
-
 
 def zero(module):
     """Zero a layer's parameters, so that its block starts as the identity."""
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
-
 
 def timestep_embedding(t, dim):
     """Sinusoidal embedding of the step t, as in the Transformer (Vaswani et al. 2017, Sec. 3.5).
@@ -46,7 +43,6 @@ def timestep_embedding(t, dim):
                   * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     tw = t.float()[:, None] * w[None]
     return torch.cat([torch.cos(tw), torch.sin(tw)], dim=1)
-
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the time embedding as scale and shift in between (AdaGN)."""
@@ -65,7 +61,6 @@ class ResBlock(nn.Module):
         h = self.norm2(h) * (1 + scale) + shift  # AdaGN: GroupNorm(h) (1 + y_s) + y_b
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
-
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions, through F.scaled_dot_product_attention."""
 
@@ -82,7 +77,6 @@ class Attention(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))
         return x + h.transpose(1, 2).reshape(B, C, H, W)
-
 
 class UNet(nn.Module):
     """eps_theta(x_t, t): [B, C, H, W], [B] -> [B, C, H, W]. Defaults: 39.6M parameters."""
@@ -146,11 +140,9 @@ class UNet(nn.Module):
             h = m(h, emb) if isinstance(m, ResBlock) else m(h)
         return h
 
-
 # --------------------------------------------------------------------------------------------------
 # Speed-ups: the same functions as nn.GroupNorm, nn.Upsample and the identity, written so that the
 # compiled channels_last network runs faster (each one's A/B figure: README, Speed).
-
 
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm from per-channel statistics (a group's mean and variance by the law of total
@@ -168,7 +160,6 @@ class GroupNorm(nn.GroupNorm):
         shift = self.bias.float().view(G, -1) - mean * scale
         return x * scale.view(N, C, 1, 1) + shift.view(N, C, 1, 1)
 
-
 class Upsample(nn.Module):
     """Nearest-neighbour 2x upsampling as a broadcast copy in channels_last order: its gradient is
     a sum over 2x2 blocks, which compiles to a plain reduction, where nn.Upsample's backward
@@ -178,7 +169,6 @@ class Upsample(nn.Module):
         B, C, H, W = x.shape
         x = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(B, H, 2, W, 2, C)
         return x.reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
-
 
 class DenseGrad(torch.autograd.Function):
     """The identity, whose backward makes its gradient dense in x's layout: the decoder's input is
