@@ -37,7 +37,6 @@ import torch.nn as nn
 from PIL import Image
 
 # --- Config: knobs few runs touch are constants; the rest are flags, `ok` the test they must pass -
-
 CH_MULT = (1, 2, 4, 8)  # channel multiplier per level; each level halves the side: 64 -> 4 px
 WARMUP = 200  # linear learning-rate warm-up steps, then a cosine to 0: Adam's moments settle first
 GRAD_CLIP = 1.0  # gradient-norm clip: one odd batch cannot throw the weights far
@@ -73,7 +72,6 @@ def fail(message):
     sys.exit(f"vae.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
 # --- Data: uint8 [N, H, W, 3] on the device, dequantised to floats in [-1, 1) a batch at a time -
-
 def load_folder(path, size):
     """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
     resized with an antialiasing filter; also returns how many files could not be read."""
@@ -116,13 +114,11 @@ def dequantize(x, generator=None):
     return ((x.float() + u) / 128 - 1).permute(0, 3, 1, 2)  # NHWC storage: already channels_last
 
 # --- Model ----------------------------------------------------------------------------------------
-
 def group_norm(ch):
     return nn.GroupNorm(math.gcd(32, ch), ch)
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, plus a skip connection (unet.py's block without time input)."""
-
     def __init__(self, c_in, c_out):
         super().__init__()
         self.body = nn.Sequential(
@@ -135,7 +131,6 @@ class ResBlock(nn.Module):
 
 class VAE(nn.Module):
     """Encoder x [B, 3, S, S] -> (mu, logvar) [B, Z]; decoder z [N, Z] -> mean(z) [N, 3, S, S]."""
-
     def __init__(self, cfg):
         super().__init__()
         chs, r = [cfg.ch * m for m in CH_MULT], cfg.image_size // SIDE  # r: the side at the bottom
@@ -153,8 +148,7 @@ class VAE(nn.Module):
         # sigma starts near the error of a blurry reconstruction, as Adam moves it only ~lr a step
         self.log_sigma = nn.Parameter(torch.full((3,), math.log(0.1)))
 
-    def encode(self, x):
-        """mu, logvar of q(z|x), float32 [B, Z] each."""
+    def encode(self, x):  # mu, logvar of q(z|x), float32 [B, Z] each
         return self.encoder(x).float().chunk(2, dim=1)
 
     def decode(self, z):
@@ -166,7 +160,6 @@ class VAE(nn.Module):
         return elbo(partial(log_px_given_z, self, x), mu, logvar, torch.randn_like(mu))
 
 # --- The math of the VAE: plain functions of tensors, vectors on the last dimension -------------
-
 def log_normal(x, mean, log_sigma):
     """log N(x; mean, diag exp(log_sigma)^2), summed over the last dimension."""
     log_sigma = torch.as_tensor(log_sigma, dtype=x.dtype, device=x.device)
@@ -205,9 +198,7 @@ def bits_per_dim(nats, D):
     return (nats / D + math.log(128)) / math.log(2)
 
 # --- Training -------------------------------------------------------------------------------------
-
-def learning_rate(cfg, step):
-    """Linear warm-up over WARMUP steps, then cosine decay to 0 at --steps."""
+def learning_rate(cfg, step):  # linear warm-up over WARMUP steps, then a cosine to 0 at --steps
     return cfg.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
 
 def train(cfg, device, ckpt_path, stem):
@@ -225,8 +216,8 @@ def train(cfg, device, ckpt_path, stem):
     while step < cfg.steps and not stop:
         opt.param_groups[0]["lr"] = learning_rate(cfg, step)  # the only group
         s = dequantize(data[torch.randint(len(data), (cfg.batch,), device=device)])
-        if FLIP:  # mirror each image with probability 1/2
-            s = torch.where(torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5, s.flip(3), s)
+        flips = torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5 * FLIP  # mirror half of them
+        s = torch.where(flips, s.flip(3), s)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):  # around the network only
             recon, kl = net(s)
         ((cfg.beta * kl - recon).mean() / D).backward()  # per dimension: one --lr for any size
@@ -255,14 +246,12 @@ def train(cfg, device, ckpt_path, stem):
     if stop:  # the exit status of a process that Ctrl-C ended
         sys.exit(130)
 
-def on_ctrl_c(stop, *_):
-    """The first Ctrl-C asks the loop to finish its step, save and stop; a second one stops now."""
+def on_ctrl_c(stop, *_):  # the first Ctrl-C: finish the step, save and stop; a second: stop now
     print("\nfinishing this step, then saving (Ctrl-C again to stop now)", flush=True)
     stop.append(1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-def save_checkpoint(path, state):
-    """Atomic: torch.save into a temporary file, then rename it, so a crash keeps the old file."""
+def save_checkpoint(path, state):  # atomic: into a temporary file, renamed: a crash keeps the old
     try:
         with open(f"{path}.tmp", "wb") as f:
             torch.save(state, f)
@@ -275,8 +264,7 @@ def save_checkpoint(path, state):
         fail(f"cannot write {path} ({str(e)[:80]}) -- free some space or pass another --ckpt; "
              "the last checkpoint there is intact")
 
-def load_checkpoint(path, given, device):
-    """(model, config, step) of a vae.py checkpoint; the flags given here override its config."""
+def load_checkpoint(path, given, device):  # (model, config, step); flags given override config
     try:  # missing, truncated, another script's, a pickle that would run code, or weights that
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # do not fit the flags
         if ckpt["kind"] != "vae":
@@ -291,13 +279,10 @@ def load_checkpoint(path, given, device):
     return model.to(device, memory_format=torch.channels_last).eval(), cfg, ckpt["step"]
 
 # --- Pictures and likelihoods, in float32 ---------------------------------------------------------
-
-def to_uint8(s):
-    """[N, 3, H, W] in the units of s -> uint8 [N, H, W, 3]: the bin y = 128 (s + 1) is in."""
+def to_uint8(s):  # [N, 3, H, W] in the units of s -> uint8 [N, H, W, 3]: the bin of y = 128 (s + 1)
     return (128 * (s.float() + 1)).floor().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
-def write_grid(images, path, cols=8):
-    """uint8 [N, H, W, 3] -> one PNG, rows of cols images with 2 px white gaps."""
+def write_grid(images, path, cols=8):  # uint8 [N, H, W, 3] -> a PNG, rows of cols, 2 px gaps
     x = np.pad(images, ((0, -len(images) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape  # blank cells fill the last row; a gap above and left of each
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
@@ -347,7 +332,6 @@ def evaluate(model, images, cfg, device, name):
     return table
 
 # --- Command line: --train | --sample | --recon | --interp | --eval, and every Config field ------
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: fail(f"{message} -- see python vae.py --help")
@@ -378,7 +362,6 @@ def main(argv=None):
             os.remove(path)
     except OSError as e:
         fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out or --ckpt")
-    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its convolutions once
     stem = os.path.join(cfg.out, os.path.basename(ckpt_path).rsplit(".", 1)[0])
     if mode == "train":
         return train(cfg, device, ckpt_path, stem)
@@ -387,12 +370,11 @@ def main(argv=None):
         return evaluate(model, load_data(cfg, heldout=N_EVAL), cfg, device, os.path.basename(name))
     images, cols = pictures(mode, model, cfg, device)
     write_grid(images[:64] if mode == "sample" else images, f"{name}.png", cols)
-    print(f"wrote {name}.png")
-    if mode == "sample" and cfg.n > 64:
-        os.makedirs(f"{name}_n{cfg.n}", exist_ok=True)
-        for k, im in enumerate(images):
-            Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
-        print(f"wrote {cfg.n} PNGs to {name}_n{cfg.n}")
+    pngs = cfg.n if mode == "sample" and cfg.n > 64 else 0  # one PNG a sample, for FID
+    for k, im in enumerate(images[:pngs]):
+        os.makedirs(f"{name}_n{pngs}", exist_ok=True)
+        Image.fromarray(im).save(f"{name}_n{pngs}/{k:06d}.png")
+    print(f"wrote {name}.png" + f" and {pngs} PNGs in {name}_n{pngs}" * bool(pngs))
 
 if __name__ == "__main__":
     main()
