@@ -20,16 +20,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import ddpm
 import unet
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
 def seconds_per_call(fn, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for i in range(warmup + reps):
+        if i == warmup:  # the clock starts once the warm-up calls have run on the GPU
+            sync()
+            t0 = time.perf_counter()
         fn()
     sync()
     return (time.perf_counter() - t0) / reps
@@ -45,7 +41,7 @@ def training_step(cfg, device, compiled):
     ema = ddpm.copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     net = ddpm.compile_for_training(model, device.type == "cuda") if compiled else model
-    sched = {k: v.to(device) for k, v in ddpm.make_schedule(cfg.schedule, cfg.T).items()}
+    sched = ddpm.make_schedule(cfg.schedule, cfg.T, device)
     data = torch.randint(0, 256, (4096, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
                          device=device)
     params, ema_params = list(model.parameters()), list(ema.parameters())
@@ -63,9 +59,7 @@ def training_step(cfg, device, compiled):
 
 def bench_training(cfg, device, label="", eager=True):
     """Training images/s and MFU, eager then compiled (on CUDA), and sampling evaluations/s."""
-    cuda = device.type == "cuda"
-    torch.backends.cuda.enable_cudnn_sdp(False)  # as ddpm.train
-    peak = matmul_peak(device)
+    cuda, peak = device.type == "cuda", matmul_peak(device)
     print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}, batch "
           f"{cfg.batch}, {cfg.image_size}px; matmul peak {peak / 1e12:.0f} TFLOP/s measured")
     model, step = training_step(cfg, device, compiled=False)
@@ -76,10 +70,7 @@ def bench_training(cfg, device, label="", eager=True):
           f"{flops / cfg.batch / 3e9:.1f} GFLOP per image forward (a training step: 3x)")
     for compiled in [False] * (eager or not cuda) + [True] * (cfg.compile and cuda):
         model, step = training_step(cfg, device, compiled)
-        t0 = time.time()
-        step()
-        sync()
-        first = time.time() - t0  # compilation, cuDNN autotuning
+        first = seconds_per_call(step, reps=1, warmup=0)  # compilation, cuDNN autotuning
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         dt = seconds_per_call(step, reps=50 if cuda else 2, warmup=5 if cuda else 1)
@@ -94,8 +85,7 @@ def bench_sampling(cfg, model, device, label=""):
     """Network evaluations/s at the sampling batch, compiled on CUDA: 150 calls, as many as DDIM-50
     makes for three batches, so the figure is the rate a sampling run sustains, not a burst's."""
     cuda = device.type == "cuda"
-    model = model.eval()
-    net = torch.compile(model) if cfg.compile and cuda else model
+    net = torch.compile(model.eval()) if cfg.compile and cuda else model.eval()
     x = torch.randn(cfg.sample_batch, 3, cfg.image_size, cfg.image_size, device=device)
     x, t = x.contiguous(memory_format=torch.channels_last), torch.full((len(x),), cfg.T // 2,
                                                                        device=device)
@@ -107,17 +97,15 @@ def bench_sampling(cfg, model, device, label=""):
     print(f"sampling {label}{rate:,.0f} network evals/s at batch {cfg.sample_batch}", flush=True)
     return rate
 
-def plain_layers():
-    """unet.py's speed-ups swapped for the PyTorch layers they stand for, for an A/B."""
-    class Identity:
-        apply = staticmethod(lambda x: x)
-    return dict(GroupNorm=nn.GroupNorm, Upsample=lambda: nn.Upsample(scale_factor=2),
-                DenseGrad=Identity)
+class Identity:  # what unet.DenseGrad is, without its dense gradient
+    apply = staticmethod(lambda x: x)
 
 def bench_ab(cfg, device):
     """Each speed-up against the plain layer, in one process: the default first; GroupNorm plain,
     sampling only (its gain is there); Upsample and DenseGrad plain (they pay together)."""
-    plain, ours = plain_layers(), {k: getattr(unet, k) for k in plain_layers()}
+    plain = dict(GroupNorm=nn.GroupNorm, Upsample=lambda: nn.Upsample(scale_factor=2),
+                 DenseGrad=Identity)
+    ours = {k: getattr(unet, k) for k in plain}
     for name, swap in (("all speed-ups", ()), ("plain GroupNorm", ("GroupNorm",)),
                        ("plain Upsample, DenseGrad", ("Upsample", "DenseGrad"))):
         for k in ours:
@@ -141,10 +129,9 @@ def bench_ddim(cfg, device, steps=50):
     pairs = ddim.timestep_pairs(cfg.T, steps, "uniform")
     x = torch.randn(cfg.sample_batch, 3, cfg.image_size, cfg.image_size, device=device)
     x, rates = x.contiguous(memory_format=torch.channels_last), {}
-    for name, net, bf16, tf32 in (("eager fp32", model, False, False),
-                                  ("eager TF32", model, False, True),
-                                  ("compiled bf16", torch.compile(model) if cuda else model, True,
-                                   True)):
+    compiled = torch.compile(model) if cuda else model
+    for name, net, bf16, tf32 in (("eager fp32", model, False, False), ("eager TF32", model,
+                                  False, True), ("compiled bf16", compiled, True, True)):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         run = lambda: ddim.ddim_sample(net, abar, x, pairs, cfg.prediction, bf16=bf16)  # noqa
         rates[name] = len(x) / seconds_per_call(run, reps=1, warmup=1)
