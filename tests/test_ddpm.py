@@ -287,3 +287,26 @@ def test_cuda_graph_training_matches_eager_gradients():
     cfg = ddpm.Config(ch=32, ch_mult=(1, 2), attn_levels=(1,), num_res_blocks=1, batch=16,
                       image_size=16)
     graphed_gradients_match_eager(torch.device("cuda"), cfg)
+
+
+def test_diffusion_loss_draws_t_uniformly_and_pairs_it_with_x_t():
+    """L_simple's pieces (Alg. 1): t ~ U{0..T-1} (each count within 5 binomial standard errors of
+    B/T); the network sees x_t of that very t (a "network" that inverts Eq. 4 for x0 = 0,
+    eps = x_t / sqrt(1 - abar_t), makes the eps loss 0); and the v target: with x0 = 0 and a zero
+    output each image's mse is abar_t c, c the mean of 4 squared normals, so the loss has mean
+    E[abar_t] and variance (1.5 E[abar_t^2] - E[abar_t]^2) / B (E[c^2] = 1 + 2/4)."""
+    T, B = 50, 20_000
+    sched, x0, seen = ddpm.make_schedule("linear", T), torch.zeros(B, 1, 2, 2), []
+
+    def inverter(x_t, t):
+        seen.append(t)
+        return x_t / (1 - ddpm.bcast(ddpm.abar_at(sched, t), x_t)).sqrt()
+    torch.manual_seed(0)
+    assert ddpm.diffusion_loss(inverter, sched, x0, ddpm.Config(T=T, prediction="eps")) < 1e-10
+    counts, p = torch.bincount(seen[0], minlength=T).double(), 1 / T
+    assert len(counts) == T and ((counts - B * p).abs() < Z * math.sqrt(B * p * (1 - p))).all()
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    loss = ddpm.diffusion_loss(zero, sched, x0, ddpm.Config(T=T, prediction="v")).item()
+    abar = sched["alphas_cumprod"].double()
+    se = math.sqrt((1.5 * (abar ** 2).mean() - abar.mean() ** 2).item() / B)
+    assert abs(loss - abar.mean().item()) < Z * se, (loss, abar.mean().item())
