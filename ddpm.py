@@ -6,7 +6,6 @@ errors in eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samp
 
     python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
     python ddpm.py --train --minutes 6             # as many steps as fit in 6 minutes
-    python ddpm.py --train --data DIR              # a folder of your images
     python ddpm.py --train --resume --steps 12000  # continue ddpm.pt where it stopped
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
@@ -37,7 +36,7 @@ from unet import UNet
 
 # --- Config: every field is a flag (--field-name); `ok`: the test it must pass --------------------
 POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
-NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
+NOT_NEGATIVE, SEED = (lambda v: v >= 0, "0 or more"), (lambda v: 0 <= v < 2 ** 31, "below 2^31")
 
 def arg(default, help, ok=None, choices=None):
     return field(default=default, metadata=dict(help=help, ok=ok, choices=choices))
@@ -67,7 +66,7 @@ class Config:
     ema_rampup: float = arg(0.1, "half-life at most this share of the images seen", NOT_NEGATIVE)
     flip: bool = arg(True, "random horizontal flips")
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
-    seed: int = arg(0, "random seed for training and sampling", NOT_NEGATIVE)
+    seed: int = arg(0, "random seed for training and sampling", SEED)
     log_every: int = arg(50, "steps between progress lines (each costs one host sync)", AT_LEAST_1)
     sample_every: int = arg(1000, "steps between sample grids; 0: only at the end", NOT_NEGATIVE)
     ckpt_every: int = arg(1000, "steps between checkpoints; 0: at the end, on Ctrl-C", NOT_NEGATIVE)
@@ -87,8 +86,9 @@ def check_config(cfg):
         if ok and not (ok[0](v) and math.isfinite(v)):  # inf would pass v > 0
             fail(f"--{f.name.replace('_', '-')} {v}: must be a finite number, {ok[1]}")
     levels = len(cfg.ch_mult)
-    if not levels or cfg.image_size % 2 ** (levels - 1):
-        fail(f"--image-size {cfg.image_size}: the U-Net needs a multiple of {2 ** (levels - 1)}")
+    if not levels or min(cfg.ch_mult) < 1 or cfg.image_size % 2 ** (levels - 1):
+        fail(f"--ch-mult {cfg.ch_mult}, --image-size {cfg.image_size}: the U-Net needs multipliers"
+             f" of 1 or more and a size that is a multiple of {2 ** (levels - 1)}")
     if any(not 0 <= a < levels for a in cfg.attn_levels):
         fail(f"--attn-levels must be in 0..{levels - 1}")
     if cfg.sample_steps > cfg.T:
@@ -245,8 +245,7 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
     return x
 
 # --- Training: Algorithm 1 in nanoGPT's shape, and its checkpoints --------------------------------
-def learning_rate(cfg, step, total):
-    """Linear warm-up, then a cosine decay to 0 at step `total`."""
+def learning_rate(cfg, step, total):  # linear warm-up, then a cosine decay to 0 at step total
     decay = 0.5 * (1 + math.cos(math.pi * min(step / total, 1)))
     return cfg.lr * min(1, (step + 1) / max(cfg.warmup, 1)) * decay
 
@@ -286,6 +285,7 @@ def train(cfg, ckpt_path, state=None):
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
     if state:  # weights, optimizer and random state: as if it had never stopped
         restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path)
+        opt.param_groups[0].update(weight_decay=cfg.weight_decay, fused=cuda)  # this run's
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # syncs weights
@@ -296,8 +296,9 @@ def train(cfg, ckpt_path, state=None):
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters" + ", compiling" * compiled)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
     previous = signal.signal(signal.SIGINT, lambda *_: on_ctrl_c(stop, world))
-    # --minutes: a provisional end until steps 3 to 13 are timed (it keeps the LR near its peak)
-    start, total = step, max(cfg.steps, step + 13) if cfg.minutes else cfg.steps
+    start, total = step, max(cfg.steps, step + 13) if cfg.minutes else cfg.steps  # until planned
+    if step >= total:
+        fail(f"{ckpt_path} is at step {step} already -- pass a larger --steps, or --minutes")
     loss_sum, t0 = torch.zeros((), device=device), time.time()
     t_last, step_last, t_plan = t0, step, t0
     while step < total:
@@ -306,12 +307,12 @@ def train(cfg, ckpt_path, state=None):
         lr = opt.param_groups[0]["lr"] = learning_rate(cfg, step, total)  # the LR by step
         loss = diffusion_loss(net, sched, get_batch(data, cfg.batch // world, cfg.flip), cfg)
         loss.backward()  # under DDP the gradients arrive averaged over processes
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         beta = ema_beta(cfg, step * cfg.batch)
         torch._foreach_lerp_(ema_params, params, 1 - beta)  # ema <- beta ema + (1 - beta) theta
-        loss_sum += loss.detach()
+        loss_sum += loss.detach() + 0 * norm  # a NaN or inf gradient makes the checked loss NaN
         step += 1
         if cfg.minutes and step - start in (3, 13):  # time 10 compiled steps, plan what fits
             loss_sum.item()  # a host sync: the GPU has run the steps queued so far
@@ -325,7 +326,8 @@ def train(cfg, ckpt_path, state=None):
             t_plan = time.time()
         log = step % cfg.log_every == 0 or step == start + 1 or step == total
         save = cfg.ckpt_every and step % cfg.ckpt_every == 0 or step == total
-        if not (log or save or (stop and world == 1)):
+        grid = cfg.sample_every and step % cfg.sample_every == 0 and step < total and rank == 0
+        if not (log or save or grid or (stop and world == 1)):
             continue
         mean = torch.stack([loss_sum / (step - step_last), torch.tensor(len(stop), device=device)])
         if world > 1:  # all see one loss and Ctrl-C: all stop
@@ -348,7 +350,7 @@ def train(cfg, ckpt_path, state=None):
         if stopping:
             print(f"stopped at step {step}: saved {ckpt_path}; go on with --resume")
             sys.exit(130)
-        if cfg.sample_every and step % cfg.sample_every == 0 and step < total and rank == 0:
+        if grid:
             write_grid(ema, sched, cfg, device, step)
         t_last, step_last = time.time(), step  # grids and saves stay out of the img/s
     signal.signal(signal.SIGINT, previous)
@@ -367,8 +369,7 @@ def on_ctrl_c(stop, world):
     print("\nCtrl-C: finishing this step, then saving (Ctrl-C again to stop now)", flush=True)
 
 def save_checkpoint(path, model, ema, opt, cfg, step):
-    """A self-describing checkpoint via path.tmp, renamed over path: a failed or cut-short write
-    (a full disk, kill -9) leaves the previous checkpoint as it was."""
+    """Self-describing, via path.tmp renamed: a failed write (full disk, kill -9) keeps the last."""
     state = dict(kind="ddpm", config=asdict(cfg), step=step, model=model.state_dict(),
                  ema=ema.state_dict(), opt=opt.state_dict(), rng_cpu=torch.get_rng_state(),
                  rng_cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
@@ -399,8 +400,7 @@ def load_checkpoint(path):
     ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in known}
     return ckpt
 
-def restore(state, modules, path):
-    """A checkpoint's module states and random state, or one line if they do not fit."""
+def restore(state, modules, path):  # module and random states, or one line if they don't fit
     try:
         for name, module in modules.items():
             module.load_state_dict(state[name])
@@ -442,9 +442,9 @@ def sample_main(cfg, ckpt, path):
             f"{cfg.var}{steps}_seed{cfg.seed}")
     # GIF frames at these step indices: denser towards the end, where the details form
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
-    images, t0 = [], time.time()
-    for i in range(0, cfg.n, cfg.sample_batch):  # full batches only: one compiled shape
-        x = sample(net, sched, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), cfg,
+    images, t0, batch = [], time.time(), min(cfg.sample_batch, cfg.n)  # one shape: full batches
+    for i in range(0, cfg.n, batch):
+        x = sample(net, sched, (batch, 3, cfg.image_size, cfg.image_size), cfg,
                    device, gen, record=record if i == 0 else None)
         images.extend(to_uint8(x[:cfg.n - i]))
         print(f"sampled {len(images)}/{cfg.n} ({time.time() - t0:.0f} s)", flush=True)

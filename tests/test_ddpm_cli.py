@@ -201,6 +201,8 @@ def test_center_crop_keeps_the_middle(tmp_path):
 @pytest.mark.parametrize("argv,says", [
     (["--train", "--data", "no/such/dir"], "no such folder"),
     (["--train", "--image-size", "60"], "multiple of 8"),
+    (["--train", "--ch-mult", "1,-2"], "multipliers of 1 or more"),
+    (["--train", "--seed", "99999999999999999999"], "below 2^31"),
     (["--train", "--lr", "-1"], "--lr"),
     (["--train", "--lr", "nan"], "--lr nan: must be a finite number"),
     (["--train", "--ema-halflife-kimg", "inf"], "--ema-halflife-kimg inf: must be a finite"),
@@ -240,3 +242,31 @@ def test_bad_folders_and_checkpoints(in_tmp):
     assert "file/o (Not a directory)" in error_of(["--train", *TINY, "--ckpt", "b.pt", "--out",
                                                   "file/o"])
     assert "writable --out" in error_of(["--sample", "--ckpt", "ddpm.pt", "--out", "file/o"])
+
+
+def test_grids_come_every_sample_every_steps_whatever_the_log_and_checkpoint_steps(in_tmp):
+    ddpm.main(["--train", *TINY, "--steps", "6", "--sample-every", "5", "--log-every", "4",
+               "--ckpt-every", "0"])
+    assert sorted(os.listdir("out")) == ["ddpm_train_step0000005.png", "ddpm_train_step0000006.png"]
+
+
+def test_resuming_a_finished_run_says_so(in_tmp):
+    run("--train", "--steps", "2")
+    assert "at step 2 already" in error_of(["--train", "--resume", *TINY, "--steps", "2"])
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_too(in_tmp, monkeypatch):
+    """From step 3 the first parameter's gradient is NaN while the loss stays finite: the run
+    must stop before it saves the NaN weights, keeping step 2's checkpoint."""
+    build, calls = ddpm.build_model, []
+
+    def poisoned(cfg):
+        model = build(cfg)
+        first = next(model.parameters())
+        first.register_hook(lambda g: calls.append(1) or (g * float("nan") if len(calls) >= 3
+                                                          else g))
+        return model
+    monkeypatch.setattr(ddpm, "build_model", poisoned)
+    message = error_of(["--train", *TINY, "--steps", "6", "--ckpt-every", "2"])
+    assert "the loss became nan near step 3" in message
+    assert weights("ddpm.pt")["step"] == 2
