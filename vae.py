@@ -64,7 +64,7 @@ class Config:
     batch: int = arg(256, "training batch size", AT_LEAST_1)
     lr: float = arg(1e-3, "peak learning rate of AdamW", POSITIVE)
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
-    seed: int = arg(0, "random seed for training, sampling and evaluation", NOT_NEGATIVE)
+    seed: int = arg(0, "random seed of every draw", (lambda v: 0 <= v < 2 ** 31, "below 2^31"))
     n: int = arg(64, "--sample: images; over 64, each is also a PNG (for FID)", AT_LEAST_1)
     out: str = arg("out", "folder for grids and PNGs")
 

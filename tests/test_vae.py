@@ -369,7 +369,8 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path, 
 def test_bad_input_is_one_line_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(vae, "load_data", lambda *a: pytest.fail("work began"))
-    for flag, value, why in [("beta", "nan", "0 or more"), ("lr", "inf", "positive")]:
+    for flag, value, why in [("beta", "nan", "0 or more"), ("lr", "inf", "positive"),
+                             ("seed", "99999999999999999999", "below 2^31")]:
         assert fails("--train", f"--{flag}", value).endswith(f"--{flag} {value}: must be a finite "
                                                              f"number, {why}")
     assert fails("--train", "--lr", "0").endswith("--lr 0.0: must be a finite number, positive")
