@@ -56,7 +56,7 @@ class Config:
     prediction: str = arg("v", "what the network predicts", None, ("eps", "x0", "v"))
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma weights (Hang et al. 2023); 0 off", NOT_NEGATIVE)
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
-    minutes: float = arg(0.0, "instead of --steps: the steps that fit in this time", NOT_NEGATIVE)
+    minutes: float = arg(0.0, "instead of --steps: what fits in this many minutes", NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
