@@ -3,10 +3,9 @@
 Papers: Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2) and
 Denoising Diffusion Implicit Models (Song, Meng, Ermon 2021, arXiv 2010.02502v4); annealed Langevin
 dynamics from Generative Modeling by Estimating Gradients of the Data Distribution (Song & Ermon
-2019, arXiv 1907.05600). Trains an MLP noise predictor on a 2D data set in minutes on the CPU,
-samples with DDPM, DDIM or Langevin and scores the samples against fresh data; on the Gaussian
-mixture the exact noise predictor is known in closed form and serves as the oracle. "KAIST" is
-the CS492D course (KAIST, Diffusion Models), which grades 2D samples by this Chamfer distance.
+2019, arXiv 1907.05600). Trains an MLP noise predictor on 2D data in minutes on a CPU, samples by
+DDPM, DDIM or Langevin, scores against fresh data; the Gaussian mixture's exact noise predictor is
+the oracle. "KAIST": KAIST's CS492D (Diffusion Models) grades 2D samples by this Chamfer distance.
 
     python toy2d.py --data swiss_roll                # train, DDPM-1000, DDIM-50 per eta, metrics
     python toy2d.py --data mixture --oracle          # sample with the exact noise predictor
@@ -29,18 +28,16 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 # --------------------------------------------------------------------------------------- config
 DATASETS = ("swiss_roll", "moons", "gaussians8", "checkerboard", "circles", "mixture")
-POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
+AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
+POSITIVE, UNIT = (lambda v: v > 0, "positive"), (lambda v: all(0 <= e <= 1 for e in v), "in [0, 1]")
 AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (the unbiased MMD needs two points)")
 EVEN = (lambda v: v >= 2 and v % 2 == 0, "even and at least 2 (half sines, half cosines)")
-UNIT = (lambda v: all(0 <= e <= 1 for e in v), "in [0, 1]")   # False for nan too
-NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
 ABOVE_20 = (lambda v: v > 20, "above 20 (the linear schedule's last beta is 20/T)")
-RED = (200, 30, 30)
+RED, GREY = (200, 30, 30), (190, 190, 190)
 
 def arg(default, help, ok=None, choices=None):
     return field(default=default, metadata=dict(help=help, ok=ok, choices=choices))
@@ -73,16 +70,14 @@ def fail(message):
 # Gaussian mixture with known weights, means and covariances: the oracle's ground truth.
 MIX_W = np.array([0.5, 0.3, 0.2])
 MIX_MU = np.array([[-2.5, -1.5], [2.5, -1.5], [0.0, 2.5]])
-MIX_COV = np.array([[[0.30, 0.20], [0.20, 0.30]], [[0.20, -0.10], [-0.10, 0.40]],
-                    [[0.60, 0.00], [0.00, 0.05]]])
+MIX_COV = np.array([[[0.3, 0.2], [0.2, 0.3]], [[0.2, -0.1], [-0.1, 0.4]], [[0.6, 0], [0, 0.05]]])
 
 def swiss_roll_moments():
     """Scalar mean and std of the coordinates of (t cos t, t sin t), integrated in closed form."""
     a, b = np.pi * np.array([1.5, 2.5, 3.5]), np.pi * np.array([2.5, 3.5, 4.5])   # the columns
     w = np.array([3, 2, 3]) / 8 / np.pi              # density of t: the middle column lost a cell
-    int_cos = lambda t: t * np.sin(t) + np.cos(t)    # antiderivative of t cos t
-    int_sin = lambda t: np.sin(t) - t * np.cos(t)    # antiderivative of t sin t
-    mean = (w * (int_cos(b) - int_cos(a) + int_sin(b) - int_sin(a))).sum() / 2
+    G = lambda t: (t + 1) * np.sin(t) + (1 - t) * np.cos(t)   # antiderivative of t (cos t + sin t)
+    mean = (w * (G(b) - G(a))).sum() / 2
     mean_sq = (w * (b**3 - a**3) / 3).sum() / 2      # E[x^2 + y^2] / 2 = E[t^2] / 2
     return mean, math.sqrt(mean_sq - mean**2)
 
@@ -94,10 +89,9 @@ def make_data(name, n, rng):
         mean, std = swiss_roll_moments()             # KAIST's per-draw statistics as n -> inf,
         x = (np.stack([t * np.cos(t), t * np.sin(t)], 1) - mean) / std * 2   # same for any draw
     elif name == "moons":
-        a, lower = np.pi * rng.random(n), rng.random(n) < 0.5
-        x = np.stack([np.where(lower, 1 - np.cos(a), np.cos(a)),
-                      np.where(lower, 0.5 - np.sin(a), np.sin(a))], 1)
-        x = (x - [0.5, 0.25]) * 2 + 0.04 * rng.standard_normal((n, 2))
+        a, turn = np.pi * rng.random(n), np.where(rng.random(n) < 0.5, -1, 1)[:, None]
+        arc = np.stack([np.cos(a), np.sin(a)], 1) - [0.5, 0.25]   # upper moon about the centre;
+        x = 2 * turn * arc + 0.04 * rng.standard_normal((n, 2))     # the lower: turned 180 deg
     elif name == "gaussians8":
         a = 2 * np.pi * rng.integers(0, 8, n) / 8
         x = 3 * np.stack([np.cos(a), np.sin(a)], 1) + 0.15 * rng.standard_normal((n, 2))
@@ -114,7 +108,7 @@ def make_data(name, n, rng):
 
 # ---------------------------------------------------------------------------------------- model
 class MLP(nn.Module):
-    """Noise predictor eps_theta(x_t, t): [B, 2], [B] -> [B, 2]. Pre-norm residual blocks
+    """Noise predictor eps_theta(x_t, t): [B, 2], [B] or int -> [B, 2]. Pre-norm residual blocks
     h <- h + W2 silu(W1 LayerNorm(h) + We emb(t)); the time embedding enters every block."""
 
     def __init__(self, hidden, blocks):
@@ -127,16 +121,15 @@ class MLP(nn.Module):
 
     def forward(self, x, t):
         half = self.hidden // 2   # sinusoidal embedding of t (DDPM Sec. 4, as the Transformer)
-        angles = t.float()[:, None] * torch.exp(-math.log(10_000) * torch.arange(half) / half)
+        angles = torch.as_tensor(t).reshape(-1, 1) * 10_000 ** (-torch.arange(half) / half)
         emb, h = self.time(torch.cat([angles.sin(), angles.cos()], 1)), self.inp(x)
         for norm, w1, w2, we in self.blocks:
-            h = h + w2(F.silu(w1(norm(h)) + we(emb)))
+            h = h + w2(nn.functional.silu(w1(norm(h)) + we(emb)))
         return self.out(h)
 
 # ------------------------------------------------------------------------ the math of diffusion
 def make_schedule(T, dtype=torch.float32):
-    """The linear schedule's tables in float64, cast once: beta from 1e-4 to 0.02 at T = 1000,
-    scaled by 1000/T at other T as in ddpm.py (DDPM Sec. 4)."""
+    """Linear betas, 1e-4 to 0.02 times 1000/T as in ddpm.py (DDPM Sec. 4); float64, cast once."""
     betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
     abar = np.cumprod(1 - betas)
     tables = dict(betas=betas, alphas=1 - betas, alphas_cumprod=abar,
@@ -154,9 +147,8 @@ def q_sample(x0, t, eps, sched):
 
 def denoising_loss(model, x0, sched):
     """|eps - eps_theta(x_t, t)|^2 with t ~ U{0, ..., T-1}, eps ~ N(0, I) (DDPM Alg. 1, Eq. 14)."""
-    t = torch.randint(len(sched["betas"]), (len(x0),), device=x0.device)
-    eps = torch.randn_like(x0)
-    return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
+    t, eps = torch.randint(len(sched["betas"]), (len(x0),), device=x0.device), torch.randn_like(x0)
+    return ((eps - model(q_sample(x0, t, eps, sched), t)) ** 2).mean()
 
 def posterior(x0, x_t, t, sched):
     """Mean and variance of q(x_{t-1} | x_t, x0) (DDPM Eqs. 6-7)."""
@@ -173,10 +165,8 @@ def p_sample(eps_fn, x_t, t, sched, gen):
     return mean + var.sqrt() * noise_like(x_t, gen)
 
 def ddim_timesteps(T, S):
-    """(t, t_prev) pairs of S uniform steps down to t_prev = -1 (abar = 1), distinct for S <= T:
-    t_i = floor((T-1)(S-1-i)/(S-1) + 1/2) in exact integers (DDIM Sec. 4.2)."""
-    ts = [((T - 1) * (S - 1 - i) * 2 + S - 1) // (2 * (S - 1)) for i in range(S)] if S > 1 \
-        else [T - 1]
+    """(t, t_prev) pairs: the notation's t_i in exact integers, then -1 (DDIM Sec. 4.2)."""
+    ts = [T - 1] + [((T - 1) * (S - 1 - i) * 2 + S - 1) // (2 * (S - 1)) for i in range(1, S)]
     return list(zip(ts, ts[1:] + [-1]))
 
 def ddim_step(eps_fn, x_t, t, t_prev, eta, sched, gen):
@@ -214,9 +204,8 @@ def chamfer(a, b):
 def mmd2(a, b, h=0.5):
     """Unbiased MMD^2 with the RBF kernel k(x, y) = exp(-|x - y|^2 / 2h^2) (Gretton et al. 2012)."""
     k = lambda u, v: torch.exp(-torch.cdist(u.double(), v.double()) ** 2 / (2 * h * h))
-    n, m = len(a), len(b)
-    return ((k(a, a).sum() - n) / (n * (n - 1)) + (k(b, b).sum() - m) / (m * (m - 1))
-            - 2 * k(a, b).mean()).item()
+    within = lambda u: (k(u, u).sum() - len(u)) / (len(u) * (len(u) - 1))   # no k(x, x) = 1
+    return (within(a) + within(b) - 2 * k(a, b).mean()).item()
 
 # ---------------------------------------------------------------------------------------- train
 def train(cfg, data, sched):
@@ -235,8 +224,7 @@ def train(cfg, data, sched):
             if not math.isfinite(loss.item()):
                 fail(f"the loss is {loss.item()} at step {step} -- lower --lr")
             print(f"\rstep {step}/{cfg.steps}  loss {loss.item():.4f}  {time.time() - start:.0f} s",
-                  end="", flush=True)
-    print()
+                  end="" if step < cfg.steps else "\n", flush=True)
     return model.eval()
 
 # --------------------------------------------------------------------------------------- sample
@@ -263,30 +251,24 @@ def sample(eps_fn, sched, cfg, sampler, eta, gen):
             frames.append((f"sigma = {sigma:.3g}", x))
     return x, frames
 
-def draw_panel(title, lim, layers, size=300):
-    """A Pillow plot on [-lim, lim]^2 of layers [(xy, dxy, rgb)]: a dot at xy, an arrow to dxy."""
-    img = Image.new("P", (size, size + 18), (255, 255, 255))   # exact colours, small files
-    draw = ImageDraw.Draw(img)
-    px = lambda v: (np.asarray(v) + lim) / (2 * lim) * (size - 1)
-    draw.rectangle([0, 18, size - 1, size + 17], outline="black")
-    draw.text((5, 3), title, fill="black")
-    for xy, dxy, rgb in layers:
-        for (u, v), (du, dv) in zip(px(xy), px(xy + dxy) - px(xy)):
-            v = size + 17 - v                            # y points up
-            draw.line([(u, v), (u + du, v - dv)], fill=rgb)
-            draw.rectangle([u - 1, v - 1, u, v], fill=rgb)
-    return img
-
-def save(panels, path):
-    """Panels side by side as a PNG, or one after another as a GIF that holds the last one."""
+def save(path, lim, panels, size=300):
+    """Panels [(title, [(xy, dxy, rgb)])] on [-lim, lim]^2, dots and arrows: a PNG row or a GIF."""
+    px = lambda xy: (np.asarray(xy) * [1, -1] + lim) / (2 * lim) * (size - 1) + [0, 18]   # y up
+    images = [Image.new("P", (size, size + 18), (255, 255, 255)) for _ in panels]   # exact colours
+    for img, (title, layers) in zip(images, panels):
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([0, 18, size - 1, size + 17], outline="black")
+        draw.text((5, 3), title, fill="black")
+        for xy, dxy, rgb in layers:
+            for (u, v), end in zip(px(xy), px(xy + dxy)):
+                draw.line([u, v, *end], fill=rgb)
+                draw.rectangle([u - 1, v - 1, u, v], fill=rgb)
     if path.endswith(".gif"):
-        panels[0].save(path, save_all=True, append_images=panels[1:], loop=0, optimize=True,
-                       duration=[120] * (len(panels) - 1) + [1500])
+        images[0].save(path, save_all=True, append_images=images[1:], loop=0, optimize=True,
+                       duration=[120] * (len(images) - 1) + [1500])
     else:
-        row = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
-        for i, p in enumerate(panels):
-            row.paste(p, (i * p.width, 0))
-        row.quantize(16).save(path, optimize=True)
+        row = np.hstack([np.asarray(img.convert("RGB")) for img in images])
+        Image.fromarray(row).quantize(16).save(path, optimize=True)
     print(f"wrote {path}", flush=True)
 
 def save_noise_field(eps_fn, sched, ref, lim, path):
@@ -296,11 +278,10 @@ def save_noise_field(eps_fn, sched, ref, lim, path):
     for t in (T // 50, T // 10, 2 * T // 5):                     # 20, 100 and 400 of 1000
         exact, learned = oracle_eps(grid, t, sched), eps_fn(grid, t).detach()
         scale = 0.6 * cell / exact.norm(dim=1).median()   # a typical arrow 0.6 cell, none over 1.2
-        arrow = lambda e: (scale * e).renorm(2, 0, 1.2 * cell).numpy()
-        panels.append(draw_panel(f"eps at t = {t}: learned red, exact black", lim, [
-            (ref.numpy(), 0, (190, 190, 190)), (grid.numpy(), arrow(exact), (0, 0, 0)),
-            (grid.numpy(), arrow(learned), RED)]))
-    save(panels, path)
+        arrows = lambda e, rgb: (grid.numpy(), (scale * e).renorm(2, 0, 1.2 * cell).numpy(), rgb)
+        panels.append((f"eps at t = {t}: learned red, exact black", [(ref.numpy(), 0, GREY),
+                       arrows(exact, (0, 0, 0)), arrows(learned, RED)]))
+    save(path, lim, panels)
 
 # --------------------------------------------------------------------------------- command line
 def parse_config(argv=None):
@@ -320,16 +301,16 @@ def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
     for f in fields(cfg):
         v, ok, flag = getattr(cfg, f.name), f.metadata["ok"], f"--{f.name.replace('_', '-')}"
-        if isinstance(v, float) and not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):   # a nan in --etas: UNIT says no
             fail(f"{flag} {v}: must be a finite number")
         if ok and not ok[0](v):
             fail(f"{flag} {v}: must be {ok[1]}")
     if cfg.oracle and cfg.data != "mixture":
         fail("--oracle needs --data mixture: the exact noise predictor is known for it only")
-    if cfg.sampler in ("all", "ddim") and cfg.ddim_steps > cfg.T:
-        fail(f"--ddim-steps {cfg.ddim_steps}: must be at most --T {cfg.T}")
-    if cfg.sampler == "langevin" and cfg.langevin_levels > cfg.T:
-        fail(f"--langevin-levels {cfg.langevin_levels}: must be at most --T {cfg.T}")
+    S = {"all": "ddim_steps", "ddim": "ddim_steps", "langevin": "langevin_levels"}.get(cfg.sampler)
+    if S and getattr(cfg, S) > cfg.T:   # the sampler's S steps are S distinct ones of the T
+        fail(f"--{S.replace('_', '-')} {getattr(cfg, S)}: must be at most --T {cfg.T}")
+    return cfg
 
 def main(cfg):
     try:   # an --out that cannot be written stops the run now, not after the training
@@ -342,9 +323,8 @@ def main(cfg):
     fresh = lambda k, n: torch.tensor(make_data(cfg.data, n, np.random.default_rng(cfg.seed + k)))
     ref, other = fresh(1, cfg.n_samples), fresh(2, cfg.n_samples)   # unseen data for the metrics
     sched = make_schedule(cfg.T)
-    model = None if cfg.oracle else train(cfg, fresh(0, 100_000), sched)
-    eps_fn = lambda x, t: oracle_eps(x, t, sched) if model is None else \
-        model(x, torch.full((len(x),), t))
+    eps_fn = (lambda x, t: oracle_eps(x, t, sched)) if cfg.oracle else \
+        train(cfg, fresh(0, 100_000), sched)                   # the MLP: it takes an int t too
     runs = {"ddpm": [(f"ddpm{cfg.T}", "ddpm", 1.0)], "langevin": [
         (f"langevin{cfg.langevin_levels}x{cfg.langevin_steps}", "langevin", 0.0)],
         "ddim": [(f"ddim{cfg.ddim_steps}_eta{e:g}", "ddim", e) for e in cfg.etas]}
@@ -359,13 +339,12 @@ def main(cfg):
                  f"{'--langevin-step' if sampler == 'langevin' else '--lr'}")
         np.save(f"{prefix}_{name}.npy", x.numpy())   # the samples themselves, [n, 2] float32
         print(f"{name}: sampled in {time.time() - start:.1f} s", flush=True)
-        save([draw_panel("fresh data", lim, [(ref.numpy(), 0, (40, 40, 40))]), draw_panel(
-            f"{name}  Chamfer {chamfer(x, ref):.1f}", lim, [(x.numpy(), 0, RED)])],
-            f"{prefix}_{name}.png")
+        save(f"{prefix}_{name}.png", lim, [("fresh data", [(ref.numpy(), 0, (40, 40, 40))]),
+             (f"{name}  Chamfer {chamfer(x, ref):.1f}", [(x.numpy(), 0, RED)])])
         if len(rows) == 1:   # the first sampler: its trajectory, denser where the shape appears
             picks = np.unique(np.round((1 - np.linspace(1, 0, 40) ** 2) * (len(frames) - 1)))
-            save([draw_panel(f"{name}  {frames[j][0]}", lim, [(frames[j][1].numpy(), 0, RED)])
-                  for j in picks.astype(int)], f"{prefix}_{name}.gif")
+            save(f"{prefix}_{name}.gif", lim, [(f"{name}  {frames[j][0]}",
+                 [(frames[j][1].numpy(), 0, RED)]) for j in picks.astype(int)])
         rows.append((name, x))
     if cfg.data == "mixture" and not cfg.oracle:
         save_noise_field(eps_fn, sched, ref, lim, f"{prefix}_noise_field.png")
@@ -378,8 +357,7 @@ def main(cfg):
               + f"{lp.mean():>12.4f} +- {lp.std() / math.sqrt(len(lp)):.4f}" * mix)
 
 if __name__ == "__main__":
-    config = parse_config()
-    check_config(config)
+    config = check_config(parse_config())
     try:
         main(config)
     except KeyboardInterrupt:   # Ctrl-C: one line, no traceback
