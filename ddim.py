@@ -3,8 +3,7 @@
 Samples from a ddpm.py checkpoint in 10-100 steps with the DDIM update (deterministic at eta = 0)
 and runs that ODE backwards to turn images into noise. Imports only unet.py.
 
-    python ddim.py --ckpt ddpm.pt --steps 50                    # grid + trajectory GIF in out/
-    python ddim.py --ckpt ddpm.pt --steps 50 --n 5000           # and 5000 single PNGs, for FID
+    python ddim.py --ckpt ddpm.pt --steps 50 [--n 5000]         # grid, GIF (and PNGs: FID) in out/
     python ddim.py --ckpt ddpm.pt --compare 10,20,50,100,1000   # a row per step count, same noise
     python ddim.py --ckpt ddpm.pt --invert DIR --steps 200 --no-bf16   # x_0 -> x_T -> x_0, PSNR
     python ddim.py --ckpt ddpm.pt --interp                      # slerp between two noises
@@ -22,19 +21,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from unet import UNet
 
-# --------------------------------------------------------------------------------------------------
-# Config: every field is a flag (--field-name); `ok` is the test a value must pass, and why not.
-
+# --- Config: every field is a flag (--field-name); `ok` is the test a value must pass -------------
 AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
-UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
-SPACINGS = ("uniform", "quadratic", "trailing")
+UNIT, SPACINGS = (lambda v: 0 <= v <= 1, "in [0, 1]"), ("uniform", "quadratic", "trailing")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the files --invert reads in a folder
 
 def arg(default, help, ok=None, choices=None):
     return field(default=default, metadata=dict(help=help, ok=ok, choices=choices))
@@ -57,17 +55,15 @@ class Config:
     interp: bool = arg(False, "8 images at eta 0 along a slerp between two starting noises")
 
 def fail(message):
-    """Stop with one line on stderr naming the problem and the fix (exit status 1)."""
-    sys.exit(f"ddim.py: {message}")
+    sys.exit(f"ddim.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
 def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
-    for f in fields(cfg):
-        v, ok, flag = getattr(cfg, f.name), f.metadata["ok"], f"--{f.name.replace('_', '-')}"
-        if isinstance(v, float) and not math.isfinite(v):
-            fail(f"{flag} {v}: must be a finite number")
-        if ok and not ok[0](v):
-            fail(f"{flag} {v}: must be {ok[1]}")
+    for f in fields(cfg):  # a float must be finite first: inf would pass v >= 0
+        v, ok = getattr(cfg, f.name), f.metadata["ok"]
+        bad = isinstance(v, float) and not math.isfinite(v)
+        if bad or ok and not ok[0](v):
+            fail(f"--{f.name.replace('_', '-')} {v}: must be {'a finite number' if bad else ok[1]}")
     if bool(cfg.compare) + bool(cfg.invert) + cfg.interp > 1:
         fail("--compare, --invert and --interp are separate runs -- pass one of them")
     try:  # an --out that cannot be written stops the run now, not after the sampling
@@ -76,18 +72,12 @@ def check_config(cfg):
     except OSError as e:
         fail(f"--out {cfg.out}: cannot write there ({e.strerror}) -- pass a writable folder")
 
-# --------------------------------------------------------------------------------------------------
-# Data: uint8 [N, H, W, 3] images; load_images is ddpm.py's load_folder (pinned by a test).
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
+# --- Data: uint8 [N, H, W, 3] images; load_images is ddpm.py's load_folder (pinned by a test) -----
 def load_images(path, size):
-    """Readable images at path (a file or a folder) as uint8 [N, size, size, 3], center-cropped
-    to a square and resized with an antialiasing filter; also how many files could not be read."""
-    names = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                   if f.lower().endswith(IMAGE_EXTS)) if os.path.isdir(path) else [path]
+    """Readable images at path (file or folder): uint8 [N, size, size, 3], and how many were not."""
     images, skipped = [], 0
-    for name in names:
+    for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                       if f.lower().endswith(IMAGE_EXTS)) if os.path.isdir(path) else [path]:
         try:
             with Image.open(name) as im:
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: keep the top 8 bits
@@ -96,48 +86,41 @@ def load_images(path, size):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
                 w, h, s = *im.size, min(im.size)
                 box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS,
-                                                                  box=box)))
+                images.append(np.asarray(im.convert("RGB").resize((size,) * 2, Image.LANCZOS, box)))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
 
-def to_uint8(x):
+def to_uint8(x):  # float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
-def grid_array(x, cols=8):
-    """uint8 [N, H, W, 3] -> one uint8 image of the N in rows of cols, 2 px white gaps."""
+def grid_image(x, cols=8):
+    """uint8 [N, H, W, 3] -> one image of them in rows of cols, with 2 px white gaps."""
     x = np.pad(x, ((0, -len(x) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape  # blank cells fill the last row; a gap above and left of each
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
-    return np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255)
+    return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
 
-# --------------------------------------------------------------------------------------------------
-# Model: the EMA network of a ddpm.py checkpoint, rebuilt from the checkpoint's own config.
-
+# --- Model: the EMA network of a ddpm.py checkpoint, rebuilt from its own config ------------------
 def load_checkpoint(path, device="cpu"):
-    """(EMA U-Net, channels_last; alphas_cumprod [T]; config dict; step) of a ddpm.py checkpoint,
-    on device, or one clear line saying why not."""
+    """(EMA U-Net, alphas_cumprod [T], config, step) of a ddpm.py checkpoint, or one clear line."""
     fix = "pass --ckpt, a checkpoint written by `python ddpm.py --train`"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated, not a PyTorch file, or a pickle that runs code
-        fail(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:60]}) -- {fix}")
+        fail(f"cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:60]}) -- {fix}")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "ddpm":
         fail(f"{path} is not a ddpm.py checkpoint -- {fix}")
     try:
         c = ckpt["config"]
-        net = UNet(ch=c["ch"], ch_mult=tuple(c["ch_mult"]), num_res_blocks=c["num_res_blocks"],
-                   attn_levels=tuple(c["attn_levels"]), dropout=c["dropout"])
+        net = UNet(**{k: c[k] for k in "ch ch_mult num_res_blocks attn_levels dropout".split()})
         net.load_state_dict(ckpt["ema"])
         abar = make_schedule(c["schedule"], int(c["T"]))["alphas_cumprod"].to(device)
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        fail(f"{path}: its config and weights do not fit ({str(e).splitlines()[0][:80]}) -- {fix}")
+        fail(f"{path}: config and weights do not fit ({' '.join(str(e).split())[:80]}) -- {fix}")
     return net.to(device, memory_format=torch.channels_last).eval(), abar, c, ckpt.get("step", 0)
 
-# --------------------------------------------------------------------------------------------------
-# The math of DDIM. Schedules in float64, cast once to float32; x tensors are [B, ...].
-
+# --- The math of DDIM: schedules in float64, cast once to float32; x tensors are [B, ...] ---------
 def make_schedule(name, T):
     """betas, alphas, alphas_cumprod as float32 tensors [T] (DDPM Sec. 4; IDDPM Eq. 17)."""
     if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so any T keeps this shape
@@ -146,8 +129,7 @@ def make_schedule(name, T):
         s = 0.008
         f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * np.pi / 2) ** 2
         betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
-    alphas = 1 - betas
-    tables = dict(betas=betas, alphas=alphas, alphas_cumprod=np.cumprod(alphas))
+    tables = dict(betas=betas, alphas=1 - betas, alphas_cumprod=np.cumprod(1 - betas))
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in tables.items()}
 
 def split_prediction(prediction, out, x_t, abar):
@@ -156,8 +138,7 @@ def split_prediction(prediction, out, x_t, abar):
         return (x_t - (1 - abar).sqrt() * out) / abar.sqrt(), out
     if prediction == "x0":
         return out, (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
-    # v = sqrt(abar) eps - sqrt(1-abar) x0  =>  x0 = sqrt(abar) x_t - sqrt(1-abar) v,
-    #                                            eps = sqrt(1-abar) x_t + sqrt(abar) v
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0 and Eq. 4 solved for x0 and eps:
     return abar.sqrt() * x_t - (1 - abar).sqrt() * out, (1 - abar).sqrt() * x_t + abar.sqrt() * out
 
 def timestep_pairs(T, S, spacing):
@@ -205,16 +186,14 @@ def slerp(z0, z1, a):
     a = a.view(-1, *[1] * z0.dim())
     return (torch.sin((1 - a) * theta) * z0 + torch.sin(a * theta) * z1) / torch.sin(theta)
 
-# --------------------------------------------------------------------------------------------------
-# Sampling: image k's noise comes from its own generator, so --batch does not change the images.
-
+# --- Sampling: image k's noise comes from its own generator, whatever the --batch -----------------
 @torch.no_grad()
 def ddim_sample(net, alphas_cumprod, x, pairs, prediction, eta=0.0, clip=True, noise=None,
-                bf16=True, record=None):
+                bf16=True, record=None, label=""):
     """x_T [B, ...] -> x_0, one Eq. 12 update per (t, t_prev) pair and nothing else (Sec. 4.2).
     net(x_t, t [B]) returns the prediction named by prediction; noise() draws N(0, I) like x, only
     where sigma_t > 0; record {step index: None} receives (x_t, x0_pred) of the first 16 images."""
-    clock = time.time()
+    start = last = time.time()  # for progress lines led by label; host time: never a GPU sync
     for i, (t, t_prev) in enumerate(pairs):
         abar_t = alphas_cumprod[t]
         abar_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
@@ -225,36 +204,33 @@ def ddim_sample(net, alphas_cumprod, x, pairs, prediction, eta=0.0, clip=True, n
         if i in (record or {}):
             record[i] = (x[:16].clone(), x0_pred[:16].clone())
         x = x_prev
-        if time.time() - clock > 10:  # a batch can take minutes on a CPU: say how far it is
-            print(f"  step {i + 1}/{len(pairs)}", flush=True)
-            clock = time.time()
+        if (now := time.time()) - last >= 5:  # a batch can take minutes on a CPU: say how far
+            print(f"{label}step {i + 1}/{len(pairs)} ({now - start:.0f} s)", flush=True)
+            last = now
     return x
 
-def ddim_invert(net, alphas_cumprod, x0, pairs, prediction, bf16=True):
+def ddim_invert(net, alphas_cumprod, x0, pairs, prediction, bf16=True, label=""):
     """x_0 -> x_T: Eq. 12 at eta = 0 up the reversed pairs, x_next = sqrt(abar_next) x0_pred +
     sqrt(1 - abar_next) eps, an Euler step of the ODE (Eq. 13) the other way (Sec. 5.4). No clip:
     it must stay invertible. The data stands in for x at t = 0, where the network was trained."""
     up = [(max(t, 0), t_next) for t_next, t in reversed(pairs)]
-    return ddim_sample(net, alphas_cumprod, x0, up, prediction, 0.0, False, None, bf16)
+    return ddim_sample(net, alphas_cumprod, x0, up, prediction, clip=False, bf16=bf16, label=label)
 
 def sample_images(net, abar, c, cfg, first, count, record=None):
-    """Images first .. first+count-1 [count, 3, H, W]; image k's noises come from a generator seeded
-    with seed * 1_000_003 + k mod 2^32 (a CPU generator keeps 32 bits), whatever the batch."""
+    """Images first .. first+count-1 [count, 3, H, W]; image k's noises from its own generator."""
     gens = [torch.Generator(abar.device).manual_seed((cfg.seed * 1_000_003 + k) % 2 ** 32)
-            for k in range(first, first + count)]
+            for k in range(first, first + count)]  # mod 2^32: a CPU generator keeps 32 bits
     shape = (3, c["image_size"], c["image_size"])
     noise = lambda: torch.stack([torch.randn(shape, generator=g, device=abar.device)  # noqa: E731
                                  for g in gens]).contiguous(memory_format=torch.channels_last)
     x = noise()
     if cfg.interp:  # from image 0's x_T to image 1's, sampled at eta = 0 (DDIM Sec. 5.3)
         x = slerp(x[0], x[1], torch.linspace(0, 1, count, device=abar.device))
-    return ddim_sample(net, abar, x, timestep_pairs(c["T"], cfg.steps, cfg.spacing),
-                       c["prediction"], 0.0 if cfg.interp else cfg.eta, cfg.clip, noise, cfg.bf16,
-                       record)
+    pairs, eta = timestep_pairs(c["T"], cfg.steps, cfg.spacing), 0.0 if cfg.interp else cfg.eta
+    return ddim_sample(net, abar, x, pairs, c["prediction"], eta, cfg.clip, noise, cfg.bf16,
+                       record, f"images {first + 1}-{first + count}: ")
 
-# --------------------------------------------------------------------------------------------------
-# Command line: sample (default) | --compare | --invert | --interp; every Config field is a flag.
-
+# --- Command line: sample | --compare | --invert | --interp, and every Config field as a flag -----
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: sys.exit(f"ddim.py: {message} -- see python ddim.py --help")
@@ -276,21 +252,17 @@ def main(argv=None):
     if cfg.compile and abar.is_cuda and cfg.n > cfg.batch and not cfg.invert:
         print("torch.compile: the first batch includes the compile", flush=True)
         net = torch.compile(net)  # over several batches, compiling pays for itself
-    name = os.path.join(cfg.out, f"ddim_{os.path.splitext(os.path.basename(cfg.ckpt))[0]}_"
-                                 f"step{step}_{cfg.spacing}")
+    name = os.path.join(cfg.out, f"ddim_{Path(cfg.ckpt).stem}_step{step}_{cfg.spacing}")
     if cfg.compare:  # one grid, a row per step count, all from the same starting noises
-        cols, size, margin = min(cfg.n, 8), c["image_size"], 8 + 6 * len(str(max(cfg.compare)))
+        cols, size, left = min(cfg.n, 8), c["image_size"], 8 + 6 * len(str(max(cfg.compare)))
         rows = [sample_images(net, abar, c, replace(cfg, steps=S), 0, cols) for S in cfg.compare]
-        im = Image.fromarray(np.pad(grid_array(to_uint8(torch.cat(rows)), cols),
-                                    ((0, 0), (margin, 0), (0, 0)), constant_values=255))
+        im = ImageOps.expand(grid_image(to_uint8(torch.cat(rows)), cols), (left, 0, 0, 0), "white")
         for r, S in enumerate(cfg.compare):  # each row's count at its left (font: 6 x 12 px)
             ImageDraw.Draw(im).text((4, 2 + r * (size + 2) + size // 2 - 6), str(S), "black")
-        im.save(path := f"{name}_compare{'-'.join(map(str, cfg.compare))}_eta{cfg.eta:g}_seed"
-                        f"{cfg.seed}.png")
+        path = f"{name}_compare{'-'.join(map(str, cfg.compare))}_eta{cfg.eta:g}_seed{cfg.seed}.png"
     elif cfg.interp:  # one strip of 8 images
-        x = sample_images(net, abar, c, cfg, 0, 8)
+        im = grid_image(to_uint8(sample_images(net, abar, c, cfg, 0, 8)))
         path = f"{name}{cfg.steps}_interp_seed{cfg.seed}.png"
-        Image.fromarray(grid_array(to_uint8(x))).save(path)
     elif cfg.invert:  # x_0 -> x_T -> x_0 at eta = 0 for the first --n images, and the PSNR
         images, skipped = load_images(cfg.invert, c["image_size"])
         if len(images) == 0:
@@ -298,37 +270,35 @@ def main(argv=None):
                  f"{'/'.join(e[1:] for e in IMAGE_EXTS)} image or a folder of them")
         x0 = torch.from_numpy(images[:cfg.n]).to(abar.device).permute(0, 3, 1, 2) / 127.5 - 1
         pairs, rec = timestep_pairs(c["T"], cfg.steps, cfg.spacing), []
-        for x in x0.split(cfg.batch):
-            x_T = ddim_invert(net, abar, x, pairs, c["prediction"], cfg.bf16)
-            rec.append(ddim_sample(net, abar, x_T, pairs, c["prediction"], 0.0, False, None,
-                                   cfg.bf16).clamp(-1, 1))
-        rec = torch.cat(rec)  # PSNR with the peak-to-peak range of [-1, 1], 2:
+        for x in x0.split(cfg.batch):  # the progress lines say which way
+            x_T = ddim_invert(net, abar, x, pairs, c["prediction"], cfg.bf16, "x_0 -> x_T: ")
+            rec.append(ddim_sample(net, abar, x_T, pairs, c["prediction"], clip=False,
+                                   bf16=cfg.bf16, label="x_T -> x_0: "))
+        rec = torch.cat(rec).clamp(-1, 1)  # PSNR with the peak-to-peak range of [-1, 1], 2:
         psnr = 10 * torch.log10(2 ** 2 / (rec - x0).square().mean(dim=(1, 2, 3)).clamp(min=1e-12))
         print(f"reconstruction PSNR {psnr.mean():.2f} dB (worst {psnr.min():.2f}) over "
               f"{len(x0)} images, {cfg.steps} steps each way", flush=True)
-        stem = os.path.splitext(os.path.basename(os.path.normpath(cfg.invert)))[0]
-        path = f"{name}{cfg.steps}_invert_{stem}.png"  # input | reconstruction, side by side
-        Image.fromarray(grid_array(to_uint8(torch.stack([x0[:32], rec[:32]], 1).flatten(0, 1)))
-                        ).save(path)
+        im = grid_image(to_uint8(torch.stack([x0[:32], rec[:32]], 1).flatten(0, 1)))
+        path = f"{name}{cfg.steps}_invert_{Path(cfg.invert).stem}.png"  # input | reconstruction
     else:  # a grid of the first 64 images, the trajectory GIF, with --n > 64 one PNG each (FID)
-        S, batch, t0 = cfg.steps, min(cfg.batch, cfg.n), time.time()
+        S, batch, t0, images = cfg.steps, min(cfg.batch, cfg.n), time.time(), []
         # GIF frames at these step indices: denser towards the end, where the details form
         record = dict.fromkeys(np.unique((S - np.geomspace(S, 1, 40)).round().astype(int)))
-        images = []
         for i in range(0, cfg.n, batch):  # the last batch is padded to a full one: no new shapes
             x = sample_images(net, abar, c, cfg, i, batch, None if i else record)
             images.append(to_uint8(x[:cfg.n - i]))
             print(f"sampled {min(i + batch, cfg.n)}/{cfg.n}, {time.time() - t0:.0f} s", flush=True)
         images, name = np.concatenate(images), f"{name}{S}_eta{cfg.eta:g}_seed{cfg.seed}"
-        Image.fromarray(grid_array(images[:64])).save(path := f"{name}.png")
-        frames = [Image.fromarray(np.concatenate([grid_array(to_uint8(x), 4) for x in record[k]],
-                                                 1)) for k in sorted(record)]  # x_t | x0_pred
+        frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
+                  for pair in record.values()]  # x_t | x0_pred
         frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                        append_images=frames[1:] + frames[-1:] * 12)  # hold the result a second
-        for k, im in enumerate(images if cfg.n > 64 else []):  # for FID
+        for k, image in enumerate(images if cfg.n > 64 else []):  # for FID
             os.makedirs(f"{name}_n{cfg.n}", exist_ok=True)
-            Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
-        path += f", {name}.gif" + (f" and {cfg.n} PNGs in {name}_n{cfg.n}" if cfg.n > 64 else "")
+            Image.fromarray(image).save(f"{name}_n{cfg.n}/{k:06d}.png")
+        print(f"wrote {name}.gif" + (f" and {cfg.n} PNGs in {name}_n{cfg.n}" if cfg.n > 64 else ""))
+        im, path = grid_image(images[:64]), f"{name}.png"
+    im.save(path)
     print("wrote", path)
 
 if __name__ == "__main__":

@@ -330,13 +330,14 @@ def test_sample_grid_gif_and_pngs(ckpt, tmp_path, capsys):
 
 
 def test_a_long_batch_reports_its_steps(ckpt, capsys, monkeypatch):
-    """A batch that takes minutes on a CPU is never silent: with a clock that moves 6 s per look,
-    every other step says how far the batch is."""
-    clock = iter(range(0, 10_000, 6))
+    """A batch that takes minutes on a CPU is never silent: with a clock that moves 3 s per look,
+    every other step (5 s or more after the last line) says which images, how far, since when."""
+    clock = iter(range(0, 10_000, 3))
     monkeypatch.setattr(ddim.time, "time", lambda: next(clock))
     net, abar, c, _ = ddim.load_checkpoint(str(ckpt))
-    ddim.sample_images(net, abar, c, ddim.Config(steps=6), 0, 1)
-    assert re.findall(r"step (\d+)/6", capsys.readouterr().out) == ["2", "4", "6"]
+    ddim.sample_images(net, abar, c, ddim.Config(steps=6), 2, 3)
+    assert re.findall(r"images 3-5: step (\d+)/6 \((\d+) s\)", capsys.readouterr().out) == [
+        ("2", "6"), ("4", "12"), ("6", "18")]
 
 
 def test_batch_does_not_change_the_images(ckpt):
