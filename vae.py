@@ -8,17 +8,16 @@ reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in bit
     python vae.py --recon | --interp      # held-out images above reconstructions | latent strips
     python vae.py --eval                  # held-out -ELBO = recon + KL, and IWAE with K = 100
 
-Likelihood. Pixels x in {0..255}^D, D = 3 H W, are dequantised, y = x + u with u ~ U[0, 1)^D, and
-the networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), one learned
-sigma per colour channel c (sigma-VAE, Rybkin et al. 2020, arXiv 2006.13202). log p(y|z) =
-log p(s|z) - D log 128 (change of variables), and E_u log p(x + u) <= log P(x) by Jensen (Theis et
-al. 2016, arXiv 1511.01844, Sec. 3.1): the bits/dim printed, -log p(y) / (D ln 2), bound those of
-the 8-bit images from above. Pictures show mean(z), not draws from p(x|z).
+Likelihood. Pixels x in {0..255}^D, D = 3 H W, are dequantised, y = x + u, u ~ U[0, 1)^D, and the
+networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), one learned sigma
+per colour channel c (sigma-VAE, Rybkin et al. 2020, arXiv 2006.13202). log p(y|z) = log p(s|z)
+- D log 128 (dy = 128^D ds), and E_u log p(x + u) <= log P(x) by Jensen (Theis et al. 2016, arXiv
+1511.01844, Sec. 3.1): the bits/dim printed, -log p(y) / (D ln 2), bound those of x from above.
 
 Notation (code -> paper). Prior p(z) = N(0, I); q(z|x) = N(mu, diag exp(logvar)).
     mu, logvar     mu_phi(x), log sigma_phi(x)^2    encoder outputs, [B, Z] each
     eps, z         epsilon ~ N(0, I), z = mu + exp(logvar / 2) eps (the reparameterisation)
-    log_sigma      log sigma_c of p(x|z), [3]
+    log_sigma      log sigma_c of p(x|z), [3]; pictures show mean(z), not draws from p(x|z)
     recon, kl      log p(x|z) at one z ~ q(z|x); KL(q(z|x) || p(z)), closed form; ELBO = recon - kl
     K              importance samples of the IWAE bound (Burda et al. 2015, arXiv 1509.00519v4)
 """
@@ -26,7 +25,7 @@ import argparse
 import math
 import os
 import signal
-import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -45,8 +44,7 @@ LOG_EVERY, CKPT_EVERY = 50, 1000  # steps between progress lines (a host sync ea
 HOLDOUT = 0.05  # with --data: the share of the folder kept out of training (at least 2 images)
 N_EVAL, IWAE_K = 1000, 100  # --eval: held-out images (standard error ~0.05 bits/dim), K
 DECODE_BATCH = 1024  # images decoded at once in --sample and --eval: bounds their memory
-POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
-NOT_NEGATIVE, SIDE = (lambda v: v >= 0, "0 or more"), 2 ** len(CH_MULT)  # SIDE divides the side
+AT_LEAST_1, SIDE = (lambda v: v >= 1, "at least 1"), 2 ** len(CH_MULT)  # SIDE divides the side
 
 def arg(default, help, ok=None):
     return field(default=default, metadata=dict(help=help, ok=ok))
@@ -59,22 +57,21 @@ class Config:
     n_images: int = arg(10_000, "built-in cartoon faces to train on (seed 0)", AT_LEAST_1)
     ch: int = arg(64, "channels at full resolution (26.3M parameters as given)", AT_LEAST_1)
     z_dim: int = arg(512, "latent dimensions Z", AT_LEAST_1)
-    beta: float = arg(1.0, "weight of the KL term (1: the ELBO; others: a beta-VAE)", NOT_NEGATIVE)
+    beta: float = arg(1.0, "KL weight (1: ELBO, else beta-VAE)", (lambda v: v >= 0, "0 or more"))
     steps: int = arg(10_000, "optimizer steps (about 5 minutes on one H200)", AT_LEAST_1)
     batch: int = arg(256, "training batch size", AT_LEAST_1)
-    lr: float = arg(1e-3, "peak learning rate of AdamW", POSITIVE)
+    lr: float = arg(1e-3, "peak learning rate of AdamW", (lambda v: v > 0, "positive"))
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed of every draw", (lambda v: 0 <= v < 2 ** 31, "below 2^31"))
     n: int = arg(64, "--sample: images; over 64, each is also a PNG (for FID)", AT_LEAST_1)
     out: str = arg("out", "folder for grids and PNGs")
 
 def fail(message):
-    sys.exit(f"vae.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
+    raise SystemExit(f"vae.py: {message}")  # one line on stderr: the problem and the fix; exit 1
 
 # --- Data: uint8 [N, H, W, 3] on the device, dequantised to floats in [-1, 1) a batch at a time -
 def load_folder(path, size):
-    """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
-    resized with an antialiasing filter; also returns how many files could not be read."""
+    """Images under path as uint8 [N, size, size, 3] (centre squares), and the count unreadable."""
     images, skipped = [], 0
     for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if
                        f.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp"))):
@@ -91,8 +88,7 @@ def load_folder(path, size):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
 
-def load_data(cfg, heldout=0):
-    """The training images, or `heldout` held-out ones: cartoons of seed 0 or 1, or --data split."""
+def load_data(cfg, heldout=0):  # training images, or `heldout` held-out ones (cartoons of seed 1)
     if not cfg.data:
         import cartoons  # only the built-in data needs it
         n, seed = (heldout, 1) if heldout else (cfg.n_images, 0)
@@ -108,54 +104,49 @@ def load_data(cfg, heldout=0):
     print(f"{len(images)} {which} images from {cfg.data} ({skipped} unreadable, skipped)")
     return images
 
-def dequantize(x, generator=None):
-    """uint8 [B, H, W, 3] -> s = (x + u) / 128 - 1, u ~ U[0, 1): float [B, 3, H, W] in [-1, 1)."""
+def dequantize(x, generator=None):  # uint8 [B, H, W, 3] -> s = (x + u) / 128 - 1, u ~ U[0, 1)
     u = torch.rand(x.shape, device=x.device, generator=generator)
     return ((x.float() + u) / 128 - 1).permute(0, 3, 1, 2)  # NHWC storage: already channels_last
 
 # --- Model ----------------------------------------------------------------------------------------
+conv3 = partial(nn.Conv2d, kernel_size=3, padding=1)  # keeps the side (with stride=2: halves it)
+
 def group_norm(ch):
     return nn.GroupNorm(math.gcd(32, ch), ch)
 
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, plus a skip connection (unet.py's block without time input)."""
+class ResBlock(nn.Module):  # GroupNorm-SiLU-conv twice, plus a skip (unet.py's block without time)
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.body = nn.Sequential(
-            group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.body = nn.Sequential(group_norm(c_in), nn.SiLU(), conv3(c_in, c_out),
+                                  group_norm(c_out), nn.SiLU(), conv3(c_out, c_out))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):
         return self.skip(x) + self.body(x)
 
-class VAE(nn.Module):
-    """Encoder x [B, 3, S, S] -> (mu, logvar) [B, Z]; decoder z [N, Z] -> mean(z) [N, 3, S, S]."""
+class VAE(nn.Module):  # encoder x [B, 3, S, S] -> (mu, logvar) [B, Z]; decoder z [N, Z] -> mean(z)
     def __init__(self, cfg):
         super().__init__()
         chs, r = [cfg.ch * m for m in CH_MULT], cfg.image_size // SIDE  # r: the side at the bottom
-        enc = [nn.Conv2d(3, chs[0], 3, padding=1)]
+        enc = [conv3(3, chs[0])]
         for c_in, c_out in zip(chs[:1] + chs[:-1], chs):  # each level halves the side
-            enc += [ResBlock(c_in, c_out), nn.Conv2d(c_out, c_out, 3, stride=2, padding=1)]
+            enc += [ResBlock(c_in, c_out), conv3(c_out, c_out, stride=2)]
         self.encoder = nn.Sequential(*enc, group_norm(chs[-1]), nn.SiLU(), nn.Flatten(),
                                      nn.Linear(chs[-1] * r * r, 2 * cfg.z_dim))
         dec = [nn.Linear(cfg.z_dim, chs[-1] * r * r), nn.Unflatten(1, (chs[-1], r, r))]
         for c_in, c_out in zip(chs[::-1], chs[-2::-1] + chs[:1]):  # each level doubles it
-            dec += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_in, 3, padding=1),
-                    ResBlock(c_in, c_out)]
-        self.decoder = nn.Sequential(*dec, group_norm(chs[0]), nn.SiLU(),
-                                     nn.Conv2d(chs[0], 3, 3, padding=1))
+            dec += [nn.Upsample(scale_factor=2), conv3(c_in, c_in), ResBlock(c_in, c_out)]
+        self.decoder = nn.Sequential(*dec, group_norm(chs[0]), nn.SiLU(), conv3(chs[0], 3))
         # sigma starts near the error of a blurry reconstruction, as Adam moves it only ~lr a step
         self.log_sigma = nn.Parameter(torch.full((3,), math.log(0.1)))
 
     def encode(self, x):  # mu, logvar of q(z|x), float32 [B, Z] each
         return self.encoder(x).float().chunk(2, dim=1)
 
-    def decode(self, z):
+    def decode(self, z):  # mean(z) [N, 3, S, S], float32
         return self.decoder(z).float()
 
-    def forward(self, x):
-        """(recon, kl) [B] of the ELBO at one z per image: what training differentiates."""
+    def forward(self, x):  # (recon, kl) [B] of the ELBO at one z per image: what training uses
         mu, logvar = self.encode(x)
         return elbo(partial(log_px_given_z, self, x), mu, logvar, torch.randn_like(mu))
 
@@ -187,8 +178,7 @@ def iwae_bound(log_px, mu, logvar, eps):
     log_w = log_px(z) + log_normal(z, 0, 0) - log_normal(z, mu, 0.5 * logvar)  # [K, B]
     return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])
 
-def log_px_given_z(model, x, z):
-    """log p(s|z) [..., B] of images x [B, 3, H, W] in the units of s, for z [..., B, Z]."""
+def log_px_given_z(model, x, z):  # log p(s|z) [..., B] of x [B, 3, H, W] for z [..., B, Z]
     mean = model.decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
     log_sigma = model.log_sigma.float().repeat_interleave(x[0, 0].numel())  # [D], channel-major
     return log_normal(x.flatten(1), mean, log_sigma)
@@ -201,8 +191,7 @@ def bits_per_dim(nats, D):
 def learning_rate(cfg, step):  # linear warm-up over WARMUP steps, then a cosine to 0 at --steps
     return cfg.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
 
-def train(cfg, device, ckpt_path, stem):
-    """Maximise the ELBO with AdamW (VAE Alg. 1); writes ckpt_path, and grids as stem_*.png."""
+def train(cfg, device, ckpt_path, stem):  # maximise the ELBO with AdamW (VAE Alg. 1)
     cuda, D = device.type == "cuda", 3 * cfg.image_size ** 2
     torch.manual_seed(cfg.seed)
     data = torch.from_numpy(load_data(cfg)).to(device)  # uint8 [N, H, W, 3] on the device
@@ -216,8 +205,7 @@ def train(cfg, device, ckpt_path, stem):
     while step < cfg.steps and not stop:
         opt.param_groups[0]["lr"] = learning_rate(cfg, step)  # the only group
         s = dequantize(data[torch.randint(len(data), (cfg.batch,), device=device)])
-        flips = torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5 * FLIP  # mirror half of them
-        s = torch.where(flips, s.flip(3), s)
+        s = torch.where(torch.rand(cfg.batch, 1, 1, 1, device=device) < 0.5 * FLIP, s.flip(3), s)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):  # around the network only
             recon, kl = net(s)
         ((cfg.beta * kl - recon).mean() / D).backward()  # per dimension: one --lr for any size
@@ -244,7 +232,7 @@ def train(cfg, device, ckpt_path, stem):
     signal.signal(signal.SIGINT, previous)
     print(f"{'interrupted' if stop else 'done'} at step {step}: wrote {ckpt_path}")
     if stop:  # the exit status of a process that Ctrl-C ended
-        sys.exit(130)
+        raise SystemExit(130)
 
 def on_ctrl_c(stop, *_):  # the first Ctrl-C: finish the step, save and stop; a second: stop now
     print("\nfinishing this step, then saving (Ctrl-C again to stop now)", flush=True)
@@ -254,15 +242,13 @@ def on_ctrl_c(stop, *_):  # the first Ctrl-C: finish the step, save and stop; a 
 def save_checkpoint(path, state):  # atomic: into a temporary file, renamed: a crash keeps the old
     try:
         with open(f"{path}.tmp", "wb") as f:
-            torch.save(state, f)
-            f.flush()
+            torch.save(state, f)  # which flushes f
             os.fsync(f.fileno())
         os.replace(f"{path}.tmp", path)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
         if os.path.exists(f"{path}.tmp"):
             os.remove(f"{path}.tmp")
-        fail(f"cannot write {path} ({str(e)[:80]}) -- free some space or pass another --ckpt; "
-             "the last checkpoint there is intact")
+        fail(f"cannot write {path} ({str(e)[:80]}) -- free some space; the last one is intact")
 
 def load_checkpoint(path, given, device):  # (model, config, step); flags given override config
     try:  # missing, truncated, another script's, a pickle that would run code, or weights that
@@ -310,22 +296,19 @@ def pictures(mode, model, cfg, device):
 
 @torch.no_grad()
 def evaluate(model, images, cfg, device, name):
-    """Prints the mean and standard error over images of -ELBO = -recon + KL (recon at one
-    z ~ q(z|x) an image) and -IWAE_K in bits/dim of y; returns them in nats per image."""
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    per, rows = max(1, DECODE_BATCH // IWAE_K), []  # images per chunk: K decodes each
-    for i in range(0, len(images), per):
-        x = dequantize(torch.from_numpy(images[i:i + per]).to(device), gen)
+    """-ELBO, recon, KL and -IWAE_K per image, in nats of y; prints their bits/dim, mean ± s.e."""
+    gen, D, rows = torch.Generator(device).manual_seed(cfg.seed), 3 * cfg.image_size ** 2, []
+    for batch in torch.from_numpy(images).split(max(1, DECODE_BATCH // IWAE_K)):  # K decodes each
+        x = dequantize(batch.to(device), gen)
         mu, logvar = model.encode(x)
         log_px = partial(log_px_given_z, model, x)
         recon, kl = elbo(log_px, mu, logvar, torch.randn(mu.shape, device=device, generator=gen))
         eps = torch.randn((IWAE_K, *mu.shape), device=device, generator=gen)
         rows.append(torch.stack([recon, kl, iwae_bound(log_px, mu, logvar, eps)], 1).double().cpu())
-    r, D = torch.cat(rows), 3 * cfg.image_size ** 2  # [N, 3] in nats in the units of s
-    recon, kl, iwae = r[:, 0] - D * math.log(128), r[:, 1], r[:, 2] - D * math.log(128)
+    recon, kl, iwae = torch.cat(rows).T - D * math.log(128) * torch.tensor([[1], [0], [1]])  # of y
     table = {"-ELBO = recon + KL": kl - recon, "  recon: -log p(x|z)": -recon,
              "  KL(q(z|x) || p(z))": kl, f"-IWAE (K={IWAE_K})": -iwae}
-    print(f"{name}: {len(r)} held-out images; bits/dim of y, mean ± standard error over images")
+    print(f"{name}: {len(kl)} held-out images; bits/dim of y, mean ± standard error over images")
     for label, v in table.items():
         m, se = v.mean().item(), v.std().item() / math.sqrt(len(v))
         print(f"  {label:<22} {m / D / math.log(2):.4f} ± {se / D / math.log(2):.4f}")
@@ -355,11 +338,10 @@ def main(argv=None):
                           "mps" if torch.backends.mps.is_available() else "cpu")
     if mode != "train":
         model, cfg, step = load_checkpoint(ckpt_path, given, device)
-    try:  # an --out or --ckpt that cannot be written stops the run now, not after the work
-        for path in [f"{cfg.out}/.write_test"] + [f"{ckpt_path}.tmp"] * (mode == "train"):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            open(path, "wb").close()
-            os.remove(path)
+    try:  # a folder that cannot be written stops the run now, not after the work (as ddpm.py)
+        for folder in [cfg.out] + [os.path.dirname(ckpt_path) or "."] * (mode == "train"):
+            os.makedirs(folder, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out or --ckpt")
     stem = os.path.join(cfg.out, os.path.basename(ckpt_path).rsplit(".", 1)[0])
