@@ -84,9 +84,8 @@ def load_images(path, size):
                     im = Image.fromarray((np.asarray(im) / 257).clip(0, 255).astype(np.uint8))
                 im = im.convert("RGBA")  # transparency (RGBA, LA, P) is composited onto white
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
-                w, h, s = *im.size, min(im.size)
-                box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
-                images.append(np.asarray(im.convert("RGB").resize((size,) * 2, Image.LANCZOS, box)))
+                im = ImageOps.fit(im.convert("RGB"), (size, size), Image.LANCZOS)  # centre square
+                images.append(np.asarray(im))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped

@@ -10,6 +10,8 @@ errors in eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samp
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
 
+No CUDA GPU: --train defaults to CPU_RECIPE (24x24 faces, a 1.2M U-Net: 11 min on 2 CPU cores).
+
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
     betas[t], alphas[t] beta_t, alpha_t     variance of forward step t, alpha_t = 1 - beta_t
     alphas_cumprod[t]   abar_t = prod_{s <= t} alpha_s
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from unet import UNet
 
@@ -60,7 +62,6 @@ class Config:
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
-    weight_decay: float = arg(0.0, "AdamW weight decay", NOT_NEGATIVE)
     grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)", POSITIVE)
     ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM)", NOT_NEGATIVE)
     ema_rampup: float = arg(0.1, "half-life at most this share of the images seen", NOT_NEGATIVE)
@@ -76,6 +77,9 @@ class Config:
     var: str = arg("small", "reverse variance: beta_tilde (Eq. 7) | beta", None, ("small", "large"))
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
 
+CPU_RECIPE = dict(image_size=24, n_images=4000, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                  attn_levels=(2,), batch=32, steps=2000, log_every=20, sample_every=0)
+
 def fail(message):
     sys.exit(f"ddpm.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
@@ -89,10 +93,8 @@ def check_config(cfg):
     if not levels or min(cfg.ch_mult) < 1 or cfg.image_size % 2 ** (levels - 1):
         fail(f"--ch-mult {cfg.ch_mult}, --image-size {cfg.image_size}: the U-Net needs multipliers"
              f" of 1 or more and a size that is a multiple of {2 ** (levels - 1)}")
-    if any(not 0 <= a < levels for a in cfg.attn_levels):
-        fail(f"--attn-levels must be in 0..{levels - 1}")
-    if cfg.sample_steps > cfg.T:
-        fail(f"--sample-steps must be between 0 and T={cfg.T}")
+    if any(not 0 <= a < levels for a in cfg.attn_levels) or cfg.sample_steps > cfg.T:
+        fail(f"--attn-levels must be in 0..{levels - 1}, --sample-steps in 0..T={cfg.T}")
     if cfg.schedule == "linear" and cfg.T < 21:  # beta_T = 0.02 * 1000 / T must stay below 1
         fail(f"--T {cfg.T}: linear betas need T >= 21 -- raise --T or use --schedule cosine")
 
@@ -109,9 +111,8 @@ def load_folder(path, size):
                     im = Image.fromarray((np.asarray(im) / 257).clip(0, 255).astype(np.uint8))
                 im = im.convert("RGBA")  # transparency (RGBA, LA, P) is composited onto white
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
-                w, h, s = *im.size, min(im.size)
-                box = ((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)
-                images.append(np.asarray(im.convert("RGB").resize((size,) * 2, Image.LANCZOS, box)))
+                im = ImageOps.fit(im.convert("RGB"), (size, size), Image.LANCZOS)  # centre square
+                images.append(np.asarray(im))
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
     return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
@@ -199,10 +200,9 @@ def training_target(prediction, x0, eps, abar):
 def loss_weight(prediction, abar, gamma):
     """Min-SNR-gamma weights: min(snr, gamma) / snr in eps units (Hang et al. 2023, Eqs. 8-9),
     min(snr, gamma) in x0 units, min(snr, gamma) / (snr + 1) in v units; all 1 when gamma is 0."""
-    if gamma == 0:
-        return torch.ones_like(abar)
     snr = abar / (1 - abar)
-    return torch.clamp(snr, max=gamma) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction]
+    weight = torch.clamp(snr, max=gamma) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction]
+    return weight if gamma else torch.ones_like(abar)
 
 def diffusion_loss(model, sched, x0, cfg):
     """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
@@ -222,13 +222,14 @@ def timesteps(T, steps):
 
 @torch.no_grad()
 def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
-    """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0.
-    Each step reads x0 from the network's prediction (clipped to [-1, 1] for images) and takes the
-    posterior mean (Eq. 7) with variance beta_tilde (small) or beta (large); the last step adds no
-    noise. record, a dict {step index: None}, receives (x_t, x0) of the first 16 images there."""
-    x = torch.randn(shape, device=device, generator=generator)
+    """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0:
+    x0 from the network (clipped to [-1, 1] for images), the posterior mean (Eq. 7), variance
+    beta_tilde or beta, no noise at the last step. record {step index: None} gets (x_t, x0)[:16]."""
+    x, t_print = torch.randn(shape, device=device, generator=generator), time.time()
     ts = timesteps(cfg.T, cfg.sample_steps or cfg.T).tolist()
     for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
+        if time.time() - t_print > 5:  # slow devices: a line every 5 s, never silent for long
+            t_print = print(f"  sampling: step {i}/{len(ts)}", flush=True) or time.time()
         tt = torch.full((shape[0],), t, device=device)
         abar_t = bcast(abar_at(sched, tt), x)
         abar_prev = bcast(abar_at(sched, torch.full_like(tt, t_prev)), x)
@@ -282,10 +283,10 @@ def train(cfg, ckpt_path, state=None):
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params, ema_params = list(model.parameters()), list(ema.parameters())
     cuda, step = device.type == "cuda", state["step"] if state else 0
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=cuda)  # DDPM: Adam
     if state:  # weights, optimizer and random state: as if it had never stopped
         restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path)
-        opt.param_groups[0].update(weight_decay=cfg.weight_decay, fused=cuda)  # this run's
+        opt.param_groups[0]["fused"] = cuda  # this device's, not the checkpoint's
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # syncs weights
@@ -338,8 +339,8 @@ def train(cfg, ckpt_path, state=None):
                  "last good state -- lower --lr or raise --warmup, then --resume")
         if log:  # the first step compiles (CUDA): no rate from it
             rate = (step - step_last) * cfg.batch / (time.time() - t_last)
-            left = (cfg.minutes * 60 - (time.time() - t0) if cfg.minutes  # what the budget leaves
-                    else (total - step) * cfg.batch / rate)
+            left = (cfg.minutes * 60 - (time.time() - t0) if cfg.minutes and step - start < 13
+                    else (total - step) * cfg.batch / rate)  # before the plan: the budget left
             speed = f"{rate:,.0f} img/s | ETA {left / 60:.1f} min"
             print(f"step {step}/{total} | loss {loss_now:.4f} | lr {lr:.2e} | "
                   f"{'compiling' if compiled and step == start + 1 else speed} | "
@@ -364,7 +365,7 @@ def train(cfg, ckpt_path, state=None):
 
 def on_ctrl_c(stop, world):
     if stop and world == 1:  # a second Ctrl-C (one process): stop now
-        raise KeyboardInterrupt
+        fail("stopped by a second Ctrl-C; the last checkpoint written is intact")
     stop.append(1)
     print("\nCtrl-C: finishing this step, then saving (Ctrl-C again to stop now)", flush=True)
 
@@ -376,7 +377,6 @@ def save_checkpoint(path, model, ema, opt, cfg, step):
     try:
         with open(f"{path}.tmp", "wb") as f:
             torch.save(state, f)
-            f.flush()
             os.fsync(f.fileno())
         os.replace(f"{path}.tmp", path)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
@@ -396,8 +396,7 @@ def load_checkpoint(path):
     if kind != "ddpm":
         fail(f"{path} is {f'a {kind} checkpoint' if kind else 'no checkpoint of this repository'},"
              " not a ddpm.py one -- pass a checkpoint written by `python ddpm.py --train`")
-    known = {f.name for f in fields(Config)}  # configs of older versions may hold other fields
-    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k in known}
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if hasattr(Config, k)}  # old: more
     return ckpt
 
 def restore(state, modules, path):  # module and random states, or one line if they don't fit
@@ -425,8 +424,8 @@ def grid_image(x, cols=8):
 def write_grid(ema, sched, cfg, device, step):
     """64 samples from the EMA network with at most 100 respaced steps: a look at progress."""
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device, gen)
+    x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device,
+               torch.Generator(device).manual_seed(cfg.seed))
     grid_image(to_uint8(x)).save(path := f"{cfg.out}/ddpm_train_step{step:07d}.png")
     return path
 
@@ -477,18 +476,19 @@ def main(argv=None):
                        choices=f.metadata["choices"], help=f"{f.metadata['help']} ({shown})")
     args = p.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
-    if args.resume and not args.train:
-        fail("--resume goes with --train")
     state = load_checkpoint(args.ckpt) if args.resume or args.sample else None
     cfg = replace(Config(**state["config"]) if state else Config(), **given)
+    if args.train and not args.resume and not torch.cuda.is_available():
+        small = {k: v for k, v in CPU_RECIPE.items() if k not in given}
+        cfg = replace(cfg, **small)
+        print(f"no CUDA GPU, so a small recipe: {small} -- flags you give override it")
     check_config(cfg)
     try:  # a folder that cannot be written stops the run now, not after hours of training
         for folder in [cfg.out] + [os.path.dirname(os.path.abspath(args.ckpt))] * args.train:
             os.makedirs(folder, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out"
-             + " and --ckpt" * args.train)
+        fail(f"cannot write {e.filename} ({e.strerror}) -- pass a writable --out or --ckpt")
     if args.sample:
         return sample_main(cfg, state, args.ckpt)
     if not args.resume and os.path.exists(args.ckpt):
@@ -496,4 +496,5 @@ def main(argv=None):
     train(cfg, args.ckpt, state)
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda *_: fail("stopped by Ctrl-C"))  # outside training: 1 line
     main()
