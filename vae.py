@@ -223,8 +223,8 @@ def train(cfg, device, ckpt_path, stem):  # maximise the ELBO with AdamW (VAE Al
                 fail(f"the loss or its gradient became {neg_elbo + norm} near step {step}; "
                      f"{ckpt_path} keeps the last good state -- lower --lr")
             rate = (step - step_log) * cfg.batch / (time.time() - t_log)  # images/s since the last
-            speed = ("compiling" if step == 1 and net is not model else  # no rate from a compile
-                     f"{rate:,.0f} img/s | ETA {(cfg.steps - step) * cfg.batch / rate / 60:.1f} min")
+            speed = "compiling" if step == 1 and net is not model else (  # no rate from a compile
+                f"{rate:,.0f} img/s | ETA {(cfg.steps - step) * cfg.batch / rate / 60:.1f} min")
             print(f"step {step}/{cfg.steps} | -ELBO {bits_per_dim(neg_elbo, D):.4f} bits/dim | KL "
                   f"{kl_mean:.1f} nats | sigma {128 * model.log_sigma.exp().mean():.1f} levels | "
                   f"{speed}", flush=True)

@@ -14,8 +14,9 @@ def test_without_cuda_the_cpu_recipes_run_given_flags_win_and_memory_stays_small
     win, and two steps of ddpm.py's recipe then two of vae.py's peak under the 4 GB a laptop can
     spare (ru_maxrss of the child, KiB on Linux; 64 images keep the data small, the networks and
     batches are the recipes'). One child for both: importing torch is most of its time."""
-    code = ("import resource, sys, ddpm, vae; argv = ['--train', '--steps', '2', '--n-images', '64']"
-            "; ddpm.main(argv + ['--sample-steps', '2']); vae.main(argv); "
+    code = ("import resource, sys, ddpm, vae; "
+            "argv = ['--train', '--steps', '2', '--n-images', '64']; "
+            "ddpm.main(argv + ['--sample-steps', '2']); vae.main(argv); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.path.dirname(ddpm.__file__))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
