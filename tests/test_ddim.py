@@ -386,9 +386,10 @@ def test_invert_reports_the_psnr_of_what_it_writes(ckpt, tmp_path, capsys):
     out = ["--ckpt", ckpt, "--out", tmp_path, "--steps", "10"]
     for path, n in ((images, 3), (images / "1.png", 1)):
         printed = run(out + ["--invert", path], capsys)
-        mean, worst = map(float, re.search(r"PSNR ([\d.]+) dB \(worst ([\d.]+)\)", printed).groups())
-        grid = np.asarray(Image.open(tmp_path / f"ddim_ddpm_step2_uniform10_invert_{path.stem}.png"),
-                          float) / 127.5 - 1
+        psnr = re.search(r"PSNR ([\d.]+) dB \(worst ([\d.]+)\)", printed)
+        mean, worst = map(float, psnr.groups())
+        name = f"ddim_ddpm_step2_uniform10_invert_{path.stem}.png"
+        grid = np.asarray(Image.open(tmp_path / name), float) / 127.5 - 1
         assert grid.shape[:2] == (-(-2 * n // 8) * 18 + 2, 8 * 18 + 2)
         cells = [grid[2:18, 2 + 18 * k:18 + 18 * k] for k in range(2 * n)]
         psnr = [10 * math.log10(4 / np.mean((cells[2 * k] - cells[2 * k + 1]) ** 2))
