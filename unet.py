@@ -8,6 +8,8 @@ embedding scales and shifts the normalised activations (AdaGN), and attention is
 
     net = UNet()                        # the 64x64 network that `python ddpm.py --train` trains
     eps = net(x_t, t)                   # x_t [B, 3, H, W], t [B] integer steps -> [B, 3, H, W]
+    net = UNet(num_classes=K)           # class-conditional: net(x_t, t, c), c [B] in 0..K (K: none)
+    out = guided(net, x_t, t, c, w)     # classifier-free guidance (Ho & Salimans 2022)
 
 H and W must be multiples of 2 ** (len(ch_mult) - 1): 8 for the default, so 32, 64 and 128 px all
 work. The last layer of every residual branch and the output layer start at zero, so a new network
@@ -19,9 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# --------------------------------------------------------------------------------------------------
-# The network
-
+# --- The network ----------------------------------------------------------------------------------
 def group_norm(ch):
     """GroupNorm with 32 groups where the width allows it (DDPM Appendix B)."""
     return GroupNorm(math.gcd(32, ch), ch)
@@ -33,11 +33,8 @@ def zero(module):
     return module
 
 def timestep_embedding(t, dim):
-    """Sinusoidal embedding of the step t, as in the Transformer (Vaswani et al. 2017, Sec. 3.5).
-
-    t: [B] steps (ints or floats); returns [B, dim] = [cos(t w_i), sin(t w_i)],
-    w_i = 10000^(-i/half).
-    """
+    """Sinusoidal embedding of the step t, as in the Transformer (Vaswani et al. 2017, Sec. 3.5):
+    t [B] (ints or floats) -> [B, dim] = [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half)."""
     half = dim // 2
     w = torch.exp(-math.log(10_000)
                   * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -79,14 +76,18 @@ class Attention(nn.Module):
         return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): [B, C, H, W], [B] -> [B, C, H, W]. Defaults: 39.6M parameters."""
+    """eps_theta(x_t, t[, c]): [B, C, H, W], [B][, B] -> [B, C, H, W]. Defaults: 39.6M parameters.
+    num_classes K > 0 adds a label embedding to the time embedding (ADM Sec. 3), K+1 rows: row K
+    is "no label", which classifier-free guidance trains by label dropout; K = 0: no labels."""
 
     def __init__(self, in_ch=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_levels=(2, 3),
-                 dropout=0.0):
+                 dropout=0.0, num_classes=0):
         super().__init__()
-        self.ch, emb_dim = ch, 4 * ch
+        self.ch, emb_dim, self.num_classes = ch, 4 * ch, num_classes
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
                                       nn.Linear(emb_dim, emb_dim))
+        if num_classes:  # absent otherwise: an unconditional network's weights stay as they were
+            self.label_emb = nn.Embedding(num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
         # Encoder: at each level, residual blocks (with attention at attn_levels), then a
         # stride-2 conv. Every output is kept for the decoder's skip connections; `chans` tracks
@@ -118,8 +119,10 @@ class UNet(nn.Module):
         layers = [ResBlock(c_in, c_out, emb_dim, dropout)] + ([Attention(c_out)] if attn else [])
         return nn.ModuleList(layers)
 
-    def forward(self, x, t):
+    def forward(self, x, t, c=None):
         emb = self.time_mlp(timestep_embedding(t, self.ch))
+        if self.num_classes:  # c None: no label for any image
+            emb = emb + self.label_emb(torch.full_like(t, self.num_classes) if c is None else c)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
@@ -140,9 +143,17 @@ class UNet(nn.Module):
             h = m(h, emb) if isinstance(m, ResBlock) else m(h)
         return h
 
-# --------------------------------------------------------------------------------------------------
-# Speed-ups: the same functions as nn.GroupNorm, nn.Upsample and the identity, written so that the
-# compiled channels_last network runs faster (each one's A/B figure: README, Speed).
+def guided(net, x, t, c, w):
+    """(1 + w) out(x, t, c) - w out(x, t, none) (Ho & Salimans 2022, Eq. 6) in one batched call:
+    w = 0 is the conditional network, w = -1 the unconditional one. Eq. 6 combines eps; the same
+    weights on x0 or v outputs give the same guided x0 and eps, as x0 and eps are affine functions
+    of each kind of output (DDPM Eq. 4; v's definition) and the weights 1 + w and -w sum to 1."""
+    none = torch.full_like(c, net.num_classes)
+    out_c, out_none = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, none])).chunk(2)
+    return (1 + w) * out_c - w * out_none
+
+# --- Speed-ups: nn.GroupNorm, nn.Upsample and the identity, written so that the compiled
+# channels_last network runs faster (each one's A/B figure: README, Results) -----------------------
 
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm from per-channel statistics (a group's mean and variance by the law of total

@@ -1,9 +1,12 @@
-"""unet.py: shapes at 32, 64 and 128 px, the time input matters, zero-initialised outputs."""
+"""unet.py: shapes at 32, 64 and 128 px, the time input matters, zero-initialised outputs,
+labels and classifier-free guidance, and the speed-ups against the layers they replace."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from unet import Attention, DenseGrad, GroupNorm, ResBlock, UNet, Upsample, timestep_embedding
+import ddpm
+from unet import (Attention, DenseGrad, GroupNorm, ResBlock, UNet, Upsample, guided,
+                  timestep_embedding)
 
 
 def randomise_zero_layers(net):
@@ -136,3 +139,50 @@ def test_attention_is_softmax_qk_v_per_head():
              @ v[..., i:i + 64] for i in range(0, 128, 64)]
     out = attn.proj(torch.cat(heads, dim=2)).transpose(1, 2).reshape(x.shape)
     torch.testing.assert_close(attn(x), x + out, rtol=1e-5, atol=1e-5)
+
+
+def conditional_net():
+    torch.manual_seed(0)
+    net = UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,), num_classes=3).eval()
+    randomise_zero_layers(net)
+    return net, torch.randn(4, 3, 16, 16), torch.tensor([5, 500, 900, 0]), torch.tensor([0, 1, 2, 1])
+
+
+def test_labels_matter_none_is_class_k_and_no_classes_keeps_the_unconditional_weights():
+    net, x, t, c = conditional_net()
+    out = net(x, t, c)
+    assert (out - net(x, t, (c + 1) % 3)).abs().max() > 1e-3 * out.abs().max()
+    torch.testing.assert_close(net(x, t), net(x, t, torch.full_like(c, 3)))  # None: "no label"
+    plain = UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,), num_classes=0).state_dict()
+    assert plain.keys() == UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,)).state_dict().keys()
+    assert set(net.state_dict()) - set(plain) == {"label_emb.weight"}  # K + 1 rows
+    assert net.label_emb.weight.shape[0] == 4
+
+
+def test_guidance_at_w_0_is_conditional_and_at_w_minus_1_unconditional():
+    """(1 + w) out_c - w out_none from one batched call: w = 0 and w = -1 give the two networks
+    to float precision (the batch of 2B only changes the order of float sums, not the math)."""
+    net, x, t, c = conditional_net()
+    with torch.no_grad():
+        torch.testing.assert_close(guided(net, x, t, c, 0.0), net(x, t, c), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(guided(net, x, t, c, -1.0), net(x, t), rtol=1e-5, atol=1e-6)
+        w2 = guided(net, x, t, c, 2.0)
+        torch.testing.assert_close(w2, 3 * net(x, t, c) - 2 * net(x, t), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_guiding_x0_or_v_outputs_guides_eps_alike(prediction):
+    """Guiding in a network's own units (Eq. 6 with eps, x0 or v outputs) gives the same x0 and eps,
+    as ddpm.split_prediction's conversions are affine and 1 + w - w = 1; checked at three noise
+    levels with arbitrary conditional and unconditional eps, converted to each kind of output."""
+    gen = torch.Generator().manual_seed(0)
+    x_t, eps_c, eps_u = (torch.randn(3, 2, 5, generator=gen) for _ in range(3))
+    abar, w = torch.tensor([0.99, 0.5, 0.01])[:, None, None], 2.5
+    x0_of = lambda eps: (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()  # noqa: E731  (DDPM Eq. 4)
+    out_of = {"eps": lambda e: e, "x0": x0_of,
+              "v": lambda e: abar.sqrt() * e - (1 - abar).sqrt() * x0_of(e)}[prediction]
+    guided_out = (1 + w) * out_of(eps_c) - w * out_of(eps_u)
+    x0, eps = ddpm.split_prediction(prediction, guided_out, x_t, abar)
+    eps_g = (1 + w) * eps_c - w * eps_u  # Eq. 6 itself
+    torch.testing.assert_close(eps, eps_g, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0, x0_of(eps_g), rtol=1e-4, atol=1e-3)
