@@ -28,6 +28,8 @@ SKIN = [(255, 224, 196), (250, 208, 172), (238, 193, 152), (224, 172, 132), (206
 HAIR = [(34, 30, 30), (68, 44, 30), (112, 72, 42), (144, 62, 34), (212, 104, 40), (226, 150, 82),
         (236, 196, 102), (242, 230, 188), (160, 160, 166), (236, 236, 236), (96, 132, 210),
         (226, 118, 160)]
+HAIR_CLASSES = ["black", "dark-brown", "brown", "auburn", "ginger", "strawberry", "blonde",
+                "platinum", "grey", "white", "blue", "pink", "bald"]  # HAIR, then the bald heads
 IRIS = [(72, 44, 28), (60, 110, 180), (70, 130, 80), (110, 120, 130), (25, 25, 25)]
 FRAMES = [(20, 20, 20), (140, 40, 40), (40, 60, 140), (190, 150, 60), (230, 90, 140)]
 
@@ -36,11 +38,12 @@ def shade(rgb, f):
     return tuple(int(min(255, c * f)) for c in rgb)
 
 def draw_face(rng):
-    """One face as a 256x256 RGB PIL image; every random choice comes from rng."""
+    """One face as a 256x256 RGB PIL image, and its index in HAIR_CLASSES; all choices from rng."""
     img = Image.new("RGB", (CANVAS, CANVAS), tuple(int(v) for v in rng.integers(236, 256, 3)))
     d = ImageDraw.Draw(img)
     skin = shade(SKIN[rng.integers(len(SKIN))], rng.uniform(0.95, 1.05))
-    hair = shade(HAIR[rng.integers(len(HAIR))], rng.uniform(0.9, 1.1))
+    hair_class = rng.integers(len(HAIR))
+    hair = shade(HAIR[hair_class], rng.uniform(0.9, 1.1))
     line, hl = shade(skin, 0.55), shade(hair, 0.7)  # outlines: darker tones, as in Cartoon Set
     cx, cy = 128 + rng.uniform(-5, 5), 136 + rng.uniform(-5, 5)
     rx, ry = rng.uniform(56, 68), rng.uniform(70, 82)  # face half-width and half-height
@@ -183,27 +186,28 @@ def draw_face(rng):
             else:  # cat-eye: a wider, flatter frame
                 d.chord([x - w - 3, ey - h - 3, x + w + 3, ey + h], 150, 390, fill, frame, 4)
         d.line([(cx - gap + w, ey - 2), (cx + gap - w, ey - 2)], frame, 4)
-    return img
+    return img, (len(HAIR) if style == 0 else hair_class)  # a bald head's colour shows little
 
 def _draw(job):
     seed, i, size = job
-    img = draw_face(np.random.default_rng([seed, i]))
-    return np.asarray(img.resize((size, size), Image.LANCZOS))
+    img, hair_class = draw_face(np.random.default_rng([seed, i]))
+    return np.asarray(img.resize((size, size), Image.LANCZOS)), hair_class
 
-def make(n, size=64, seed=0, workers=None):
-    """n cartoon faces as uint8 [n, size, size, 3]; face i depends only on (seed, i)."""
-    jobs = [(seed, i, size) for i in range(n)]
+def make(n, size=64, seed=0, workers=None, labels=False):
+    """n cartoon faces as uint8 [n, size, size, 3]; face i depends only on (seed, i). labels=True:
+    also each face's hair class, int64 [n], an index into HAIR_CLASSES."""
+    jobs, faces = [(seed, i, size) for i in range(n)], []
     workers = workers or min(os.cpu_count() or 1, 16)
     if n < 1000 or workers == 1:
-        return np.stack([_draw(j) for j in jobs]) if n else np.zeros((0, size, size, 3), np.uint8)
-    # Faces are independent, so a pool gives the same array; spawn, as the caller may hold threads.
-    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
-        faces = []
-        for face in pool.map(_draw, jobs, chunksize=64):
-            faces.append(face)
-            if len(faces) % 2500 == 0:  # 10,000 at 64x64 take some 15 s on 2 cores
-                print(f"  drew {len(faces)}/{n} faces", flush=True)
-        return np.stack(faces)
+        faces = [_draw(j) for j in jobs]
+    else:  # faces are independent, so a pool gives the same; spawn: the caller may hold threads
+        with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
+            for face in pool.map(_draw, jobs, chunksize=64):
+                faces.append(face)
+                if len(faces) % 2500 == 0:  # 10,000 at 64x64 take some 15 s on 2 cores
+                    print(f"  drew {len(faces)}/{n} faces", flush=True)
+    x = np.stack([f for f, _ in faces]) if n else np.zeros((0, size, size, 3), np.uint8)
+    return (x, np.array([c for _, c in faces], np.int64)) if labels else x
 
 def grid(images):
     """uint8 [n, h, w, 3] -> one uint8 image: the faces row by row, 2 px white gaps between."""

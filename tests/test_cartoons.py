@@ -50,9 +50,36 @@ def test_faces_differ_and_background_is_light():
 def test_pool_gives_the_same_faces():
     """The pool's faces, in order, are the ones drawn one at a time (every 37th, so every chunk of
     64 is visited)."""
-    pooled = cartoons.make(1000, size=16, seed=1, workers=2)
+    pooled, labels = cartoons.make(1000, size=16, seed=1, workers=2, labels=True)
+    assert np.array_equal(pooled, cartoons.make(1000, size=16, seed=1, workers=2))
     for i in range(0, 1000, 37):
-        assert np.array_equal(pooled[i], cartoons._draw((1, i, 16))), i
+        face, hair_class = cartoons._draw((1, i, 16))
+        assert np.array_equal(pooled[i], face) and labels[i] == hair_class, i
+
+
+def hair_colours_in(pixels):
+    """Indices j of HAIR for which some pixel is a hair fill, shade(HAIR[j], f): each channel
+    int(min(255, c f)), f in [0.9, 1.1], so f lies in one interval for all three. The buzz cut
+    shades once more (x 1.15), flooring twice: a channel's upper end gets one unit more."""
+    found = set()
+    for j, rgb in enumerate(cartoons.HAIR):
+        c = np.array(rgb, float)
+        lo = np.where(pixels < 255, pixels / c, 255 / c).max(1)  # int() floors: f >= p / c
+        hi = np.where(pixels < 255, (pixels + 2) / c, np.inf).min(1)  # and f < (p + 2) / c
+        found |= {j} if np.any((lo < hi) & (hi > 0.9) & (lo < 1.1 * 1.15)) else set()
+    return found
+
+
+def test_hair_class_is_the_colour_on_top_of_the_head():
+    """Label k < 12: the centre column above the eyes (y < 75 of 256; every style but bald puts
+    hair there) holds a fill of HAIR[k] and of no other colour; "bald": no hair fill at all."""
+    for i in range(60):
+        img, k = cartoons.draw_face(np.random.default_rng([5, i]))
+        column = np.asarray(img)[:75, 128].astype(float)
+        colours, count = np.unique(column, axis=0, return_counts=True)
+        column = colours[(count >= 6) & (colours != np.asarray(img)[0, 0]).any(1)]  # fills,
+        # not the background; the 3 px outlines (skin x 0.55) can look like a dark hair colour
+        assert hair_colours_in(column) == ({k} if k < 12 else set()), (i, k)
 
 
 def run(folder, *args):
