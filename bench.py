@@ -49,9 +49,9 @@ def training_step(cfg, device, compiled):
     def step():
         if compiled and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        loss = ddpm.diffusion_loss(net, sched, ddpm.get_batch(data, cfg.batch, cfg.flip), cfg)
+        loss = ddpm.diffusion_loss(net, sched, ddpm.get_batch(data, cfg.batch, cfg.flip)[0], cfg)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch._foreach_lerp_(ema_params, params, 0.001)

@@ -1,13 +1,15 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2).
 
 Trains the U-Net of unet.py on cartoon faces (or your images), keeps an EMA of its weights and
-samples by Algorithm 2. It predicts v (Salimans & Ho 2022), not the paper's eps (--prediction eps):
-errors in eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samples (README).
+samples by Algorithm 2; with --cond on class labels, guided (Classifier-Free Diffusion Guidance,
+Ho & Salimans 2022, arXiv 2207.12598: CFG). It predicts v (Salimans & Ho 2022), not eps: errors in
+eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samples (README).
 
     python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
     python ddpm.py --train --minutes 6             # as many steps as fit in 6 minutes
-    python ddpm.py --train --resume --steps 12000  # continue ddpm.pt where it stopped
+    python ddpm.py --train --resume --minutes 5    # continue ddpm.pt for 5 more minutes
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
+    python ddpm.py --train --cond                  # one class per hair colour (or --data subfolder)
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
 
 No CUDA GPU: --train defaults to CPU_RECIPE (24x24 faces, a 1.2M U-Net: 11 min on 2 CPU cores).
@@ -19,6 +21,7 @@ Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one st
     x0, eps, x_t        x_0, epsilon, x_t   data, noise, noised data
     v                   sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, 2202.00512)
     snr                 abar_t / (1 - abar_t)
+    c, K, w             class label in 0..K-1 (K: "no label", CFG's null), guidance weight (CFG)
 """
 import argparse
 import copy
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from unet import UNet
+from unet import UNet, guided
 
 # --- Config: every field is a flag (--field-name); `ok`: the test it must pass --------------------
 POSITIVE, AT_LEAST_1 = (lambda v: v > 0, "positive"), (lambda v: v >= 1, "at least 1")
@@ -48,23 +51,22 @@ class Config:
     data: str = arg("", "folder of images (any size or mode); empty: the built-in cartoons")
     image_size: int = arg(64, "side of the square images", (lambda v: 8 <= v <= 1024, "8 to 1024"))
     n_images: int = arg(10_000, "built-in cartoon faces to draw (not with --data)", AT_LEAST_1)
+    cond: bool = arg(False, "class labels: the cartoons' hair colour, or --data's subfolders")
     ch: int = arg(128, "base channel count of the U-Net", AT_LEAST_1)
     ch_mult: tuple = arg((1, 2, 2, 2), "channel multiplier per resolution level, comma-separated")
     num_res_blocks: int = arg(2, "residual blocks per level", AT_LEAST_1)
     attn_levels: tuple = arg((2, 3), "levels with self-attention (0: full resolution)")
-    dropout: float = arg(0.0, "dropout in the residual blocks", (lambda v: 0 <= v < 1, "below 1"))
-    T: int = arg(1000, "diffusion steps (DDPM: 1000)", AT_LEAST_1)
+    T: int = arg(1000, "diffusion steps (DDPM: 1000)", (lambda v: v >= 21, "21 or more"))
     schedule: str = arg("linear", "noise schedule (cosine: IDDPM)", None, ("linear", "cosine"))
     prediction: str = arg("v", "what the network predicts", None, ("eps", "x0", "v"))
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma weights (Hang et al. 2023); 0 off", NOT_NEGATIVE)
+    p_uncond: float = arg(0.1, "label dropout (CFG: 0.1-0.5)", (lambda v: 0 <= v <= 1, "in [0, 1]"))
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
     minutes: float = arg(0.0, "instead of --steps: what fits in this many minutes", NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
-    grad_clip: float = arg(1.0, "clip the gradient norm to this (DDPM: 1.0)", POSITIVE)
     ema_halflife_kimg: float = arg(50.0, "EMA half-life in thousands of images (EDM)", NOT_NEGATIVE)
-    ema_rampup: float = arg(0.1, "half-life at most this share of the images seen", NOT_NEGATIVE)
     flip: bool = arg(True, "random horizontal flips")
     compile: bool = arg(True, "torch.compile the network (CUDA only)")
     seed: int = arg(0, "random seed for training and sampling", SEED)
@@ -73,8 +75,9 @@ class Config:
     ckpt_every: int = arg(1000, "steps between checkpoints; 0: at the end, on Ctrl-C", NOT_NEGATIVE)
     n: int = arg(64, "images to sample; over 64 also writes each as a PNG (for FID)", AT_LEAST_1)
     sample_steps: int = arg(0, "ancestral steps, respaced (IDDPM Sec. 4); 0: T", NOT_NEGATIVE)
-    sample_batch: int = arg(256, "sampling batch size", AT_LEAST_1)
+    guidance: float = arg(0.0, "with --cond: CFG Eq. 6's w", (lambda v: v >= -1, "-1 or more"))
     var: str = arg("small", "reverse variance: beta_tilde (Eq. 7) | beta", None, ("small", "large"))
+    sample_batch: int = arg(256, "sampling batch size", AT_LEAST_1)
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")
 
 CPU_RECIPE = dict(image_size=24, n_images=4000, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
@@ -84,25 +87,21 @@ def fail(message):
     sys.exit(f"ddpm.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
 
 def check_config(cfg):
-    """One clear line for the first impossible value, before any work is done."""
     for f in fields(cfg):
         v, ok = getattr(cfg, f.name), f.metadata["ok"]
         if ok and not (ok[0](v) and math.isfinite(v)):  # inf would pass v > 0
             fail(f"--{f.name.replace('_', '-')} {v}: must be a finite number, {ok[1]}")
-    levels = len(cfg.ch_mult)
-    if not levels or min(cfg.ch_mult) < 1 or cfg.image_size % 2 ** (levels - 1):
+    if min(cfg.ch_mult, default=0) < 1 or cfg.image_size % 2 ** (len(cfg.ch_mult) - 1):
         fail(f"--ch-mult {cfg.ch_mult}, --image-size {cfg.image_size}: the U-Net needs multipliers"
-             f" of 1 or more and a size that is a multiple of {2 ** (levels - 1)}")
-    if any(not 0 <= a < levels for a in cfg.attn_levels) or cfg.sample_steps > cfg.T:
-        fail(f"--attn-levels must be in 0..{levels - 1}, --sample-steps in 0..T={cfg.T}")
-    if cfg.schedule == "linear" and cfg.T < 21:  # beta_T = 0.02 * 1000 / T must stay below 1
-        fail(f"--T {cfg.T}: linear betas need T >= 21 -- raise --T or use --schedule cosine")
+             f" of 1 or more and a size that is a multiple of {2 ** (len(cfg.ch_mult) - 1)}")
+    if any(not 0 <= a < len(cfg.ch_mult) for a in cfg.attn_levels) or cfg.sample_steps > cfg.T:
+        fail(f"--attn-levels must be in 0..{len(cfg.ch_mult) - 1}, --sample-steps in 0..T={cfg.T}")
 
 # --- Data: uint8 [N, H, W, 3] on the device, made [-1, 1] floats a batch at a time ----------------
 def load_folder(path, size):
-    """Readable images under path as uint8 [N, size, size, 3], center-cropped to a square and
-    resized with an antialiasing filter; also returns how many files could not be read."""
-    images, skipped = [], 0
+    """Readable images under path as uint8 [size, size, 3] arrays, centre-cropped to a square and
+    resized with an antialiasing filter; also how many could not be read, and their folders."""
+    images, skipped, folders = [], 0, []
     for name in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
                        if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp"))):
         try:
@@ -113,33 +112,37 @@ def load_folder(path, size):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255,) * 4), im)
                 im = ImageOps.fit(im.convert("RGB"), (size, size), Image.LANCZOS)  # centre square
                 images.append(np.asarray(im))
+                folders.append(os.path.relpath(os.path.dirname(name), path).split(os.sep)[0])
         except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
-    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), skipped
+    return images, skipped, folders  # and each image's top subfolder under path (".": none)
 
-def load_data(cfg):
+def load_data(cfg):  # images uint8 [N, H, W, 3], labels int64 [N], the class names they index
     if not cfg.data:
         import cartoons  # only the built-in data needs it
         print(f"drawing {cfg.n_images} cartoon faces at {cfg.image_size}x{cfg.image_size}")
-        return cartoons.make(cfg.n_images, cfg.image_size, seed=0)
-    images, skipped = load_folder(cfg.data, cfg.image_size)
-    if len(images) == 0:
+        return *cartoons.make(cfg.n_images, cfg.image_size, 0, labels=True), cartoons.HAIR_CLASSES
+    images, skipped, folders = load_folder(cfg.data, cfg.image_size)
+    if not images:
         fail(f"--data {cfg.data}: " + (f"no readable images ({skipped} unreadable)" if
              os.path.isdir(cfg.data) else "no such folder") + " -- pass a folder of images")
+    if cfg.cond and ("." in folders or len(set(folders)) < 2):  # the ImageFolder convention
+        fail(f"--cond: {cfg.data} needs its images in subfolders, one per class (2 or more)")
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
-    return images
+    names = sorted(set(folders))
+    return np.stack(images), np.array([names.index(f) for f in folders]), names
 
-def get_batch(data, batch, flip):
-    """A random batch from uint8 [N, H, W, 3] on the device -> float [B, 3, H, W] in [-1, 1]."""
-    x = data[torch.randint(len(data), (batch,), device=data.device)]
-    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
+def get_batch(data, batch, flip, labels=None):
+    """A random batch of uint8 [N, H, W, 3] -> float [B, 3, H, W] in [-1, 1], and its labels."""
+    i = torch.randint(len(data), (batch,), device=data.device)
+    x = data[i].permute(0, 3, 1, 2).float() / 127.5 - 1  # NHWC storage: already channels_last
     flips = torch.rand(batch, 1, 1, 1, device=x.device) < 0.5 * flip
-    return torch.where(flips, x.flip(3), x)
+    return torch.where(flips, x.flip(3), x), None if labels is None else labels[i]
 
 # --- Model: unet.py's U-Net, run in bf16 on CUDA --------------------------------------------------
-def build_model(cfg):
+def build_model(cfg, num_classes=0):
     return UNet(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks,
-                attn_levels=cfg.attn_levels, dropout=cfg.dropout)
+                attn_levels=cfg.attn_levels, num_classes=num_classes)
 
 def autocast(device):  # bf16 around the network on CUDA, a no-op elsewhere
     return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
@@ -153,7 +156,7 @@ def pick_device():
 # --- The math of DDPM: schedules in float64, cast once to float32; x is [B, C, H, W] --------------
 def make_schedule(name, T, device="cpu"):
     """betas, alphas, alphas_cumprod as float32 tensors [T] (DDPM Sec. 4; IDDPM Eq. 17)."""
-    if name == "linear":  # beta from 1e-4 to 0.02 (DDPM Sec. 4), scaled so any T keeps this shape
+    if name == "linear":  # beta 1e-4 to 0.02 (DDPM Sec. 4) x 1000 / T: any T > 20, one shape
         betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
     else:  # abar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2), beta <= 0.999 (IDDPM Eq. 17)
         s = 0.008
@@ -204,11 +207,14 @@ def loss_weight(prediction, abar, gamma):
     weight = torch.clamp(snr, max=gamma) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction]
     return weight if gamma else torch.ones_like(abar)
 
-def diffusion_loss(model, sched, x0, cfg):
-    """L_simple: || target - net(x_t, t) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1)."""
+def diffusion_loss(model, sched, x0, cfg, c=None, K=0):
+    """L_simple: || target - net(x_t, t, c) ||^2, t uniform, eps ~ N(0, I) (DDPM Eq. 14, Alg. 1);
+    labels c [B] in 0..K-1 or None, each made K ("no label") with prob. p_uncond (CFG Alg. 1)."""
     t, eps = torch.randint(cfg.T, (x0.shape[0],), device=x0.device), torch.randn_like(x0)
+    if c is not None:  # one network learns eps(x, c) and eps(x, none)
+        c = c.masked_fill(torch.rand(c.shape, device=c.device) < cfg.p_uncond, K)
     with autocast(x0.device):
-        out = model(q_sample(sched, x0, t, eps), t)
+        out = model(q_sample(sched, x0, t, eps), t, c)
     abar = abar_at(sched, t)
     target = training_target(cfg.prediction, x0, eps, bcast(abar, x0))
     mse = (out.float() - target).square().mean(dim=(1, 2, 3))
@@ -221,11 +227,11 @@ def timesteps(T, steps):
     return torch.tensor([((T - 1) * (S - i) * 2 + S) // (2 * S) for i in range(steps)])
 
 @torch.no_grad()
-def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=None):
+def sample(model, sched, shape, cfg, device, gen=None, clip=True, record=None, c=None):
     """Ancestral sampling, Algorithm 2: x_T ~ N(0, I), then x_prev ~ p(x_prev | x_t) down to x_0:
-    x0 from the network (clipped to [-1, 1] for images), the posterior mean (Eq. 7), variance
-    beta_tilde or beta, no noise at the last step. record {step index: None} gets (x_t, x0)[:16]."""
-    x, t_print = torch.randn(shape, device=device, generator=generator), time.time()
+    x0 from the network (guided for labels c [B], CFG Alg. 2), clipped to [-1, 1] for images, the
+    posterior mean (Eq. 7), beta_tilde or beta, no noise at the end. record {i: None}: x_t, x0."""
+    x, t_print = torch.randn(shape, device=device, generator=gen), time.time()
     ts = timesteps(cfg.T, cfg.sample_steps or cfg.T).tolist()
     for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
         if time.time() - t_print > 5:  # slow devices: a line every 5 s, never silent for long
@@ -234,14 +240,14 @@ def sample(model, sched, shape, cfg, device, generator=None, clip=True, record=N
         abar_t = bcast(abar_at(sched, tt), x)
         abar_prev = bcast(abar_at(sched, torch.full_like(tt, t_prev)), x)
         with autocast(device):
-            out = model(x, tt)
+            out = model(x, tt) if c is None else guided(model, x, tt, c, cfg.guidance)
         x0, _ = split_prediction(cfg.prediction, out.float(), x, abar_t)
         x0 = x0.clamp(-1, 1) if clip else x0
         mean, var = posterior(x0, x, abar_t, abar_prev)
         var = 1 - abar_t / abar_prev if cfg.var == "large" else var  # large: sigma_t^2 = beta_t
         if record is not None and i in record:
             record[i] = (x[:16].clone(), x0[:16].clone())
-        noise = torch.randn(shape, device=device, generator=generator) if t_prev >= 0 else 0
+        noise = torch.randn(shape, device=device, generator=gen) if t_prev >= 0 else 0
         x = mean + var.sqrt() * noise
     return x
 
@@ -251,9 +257,8 @@ def learning_rate(cfg, step, total):  # linear warm-up, then a cosine decay to 0
     return cfg.lr * min(1, (step + 1) / max(cfg.warmup, 1)) * decay
 
 def ema_beta(cfg, nimg):
-    """Decay per step for an EMA half-life of ema_halflife_kimg, shorter early on (EDM App. F)."""
-    rampup = nimg * cfg.ema_rampup if cfg.ema_rampup else math.inf
-    return 0.5 ** (cfg.batch / max(min(cfg.ema_halflife_kimg * 1000, rampup), 1e-8))
+    """Decay per step for a half-life of ema_halflife_kimg, at most 10% of nimg (EDM App. F)."""
+    return 0.5 ** (cfg.batch / max(min(cfg.ema_halflife_kimg * 1000, 0.1 * nimg), 1e-8))
 
 def compile_for_training(net, cuda_graphs):
     """torch.compile, every activation channels_last (else Inductor keeps some decoder convs NCHW,
@@ -262,7 +267,7 @@ def compile_for_training(net, cuda_graphs):
     return torch.compile(net, options={"force_layout_optimization": True,
                                        "triton.cudagraphs": cuda_graphs})
 
-def train(cfg, ckpt_path, state=None):
+def train(cfg, path, state=None):
     """Algorithm 1 with AdamW, an EMA and checkpoints; state: a checkpoint to continue from."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:  # under torchrun: one process per GPU (or CPU); rank 0 alone logs and writes
@@ -278,14 +283,18 @@ def train(cfg, ckpt_path, state=None):
         sys.stdout = open(os.devnull, "w") if rank else sys.stdout
     device = pick_device()
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
-    data = torch.from_numpy(load_data(cfg)).to(device)  # uint8, NHWC, on the device
-    model = build_model(cfg).to(device, memory_format=torch.channels_last)
+    images, labels, names = load_data(cfg)
+    data, K = torch.from_numpy(images).to(device), len(names) * cfg.cond  # uint8 NHWC; classes
+    classes = dict(zip(names, np.bincount(labels, minlength=K).tolist())) if K else {}  # ddim.py
+    labels = torch.from_numpy(labels).to(device) if K else None
+    model = build_model(cfg, K).to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params, ema_params = list(model.parameters()), list(ema.parameters())
     cuda, step = device.type == "cuda", state["step"] if state else 0
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=cuda)  # DDPM: Adam
+    modules = dict(model=model, ema=ema, opt=opt)  # what a checkpoint holds, with the RNG states
     if state:  # weights, optimizer and random state: as if it had never stopped
-        restore(state, dict(model=model, ema=ema, opt=opt), ckpt_path)
+        restore(state, modules, path)
         opt.param_groups[0]["fused"] = cuda  # this device's, not the checkpoint's
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
@@ -293,22 +302,24 @@ def train(cfg, ckpt_path, state=None):
     compiled, graphs = cfg.compile and cuda, cfg.compile and cuda and world == 1  # not with DDP
     net = compile_for_training(net, graphs) if compiled else net
     sched = make_schedule(cfg.schedule, cfg.T, device)
+    quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))  # for the grids
     print(f"training on {world} x {device.type} from step {step}: {len(data)} images, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters" + ", compiling" * compiled)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
     previous = signal.signal(signal.SIGINT, lambda *_: on_ctrl_c(stop, world))
     start, total = step, max(cfg.steps, step + 13) if cfg.minutes else cfg.steps  # until planned
     if step >= total:
-        fail(f"{ckpt_path} is at step {step} already -- pass a larger --steps, or --minutes")
+        fail(f"{path} is at step {step} already -- pass a larger --steps, or --minutes")
     loss_sum, t0 = torch.zeros((), device=device), time.time()
     t_last, step_last, t_plan = t0, step, t0
     while step < total:
         if graphs:  # a new step: the graphs may overwrite the last step's outputs (all used)
             torch.compiler.cudagraph_mark_step_begin()
         lr = opt.param_groups[0]["lr"] = learning_rate(cfg, step, total)  # the LR by step
-        loss = diffusion_loss(net, sched, get_batch(data, cfg.batch // world, cfg.flip), cfg)
+        x0, c = get_batch(data, cfg.batch // world, cfg.flip, labels)
+        loss = diffusion_loss(net, sched, x0, cfg, c, K)
         loss.backward()  # under DDP the gradients arrive averaged over processes
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # as DDPM
         opt.step()
         opt.zero_grad(set_to_none=True)
         beta = ema_beta(cfg, step * cfg.batch)
@@ -323,11 +334,10 @@ def train(cfg, ckpt_path, state=None):
                 if world > 1:
                     torch.distributed.broadcast(plan, 0)
                 total = int(plan)
-                print(f"--minutes {cfg.minutes:g}: {total - start} steps in all", flush=True)
             t_plan = time.time()
         log = step % cfg.log_every == 0 or step == start + 1 or step == total
         save = cfg.ckpt_every and step % cfg.ckpt_every == 0 or step == total
-        grid = cfg.sample_every and step % cfg.sample_every == 0 and step < total and rank == 0
+        grid = (cfg.sample_every and step % cfg.sample_every == 0 or step == total) and rank == 0
         if not (log or save or grid or (stop and world == 1)):
             continue
         mean = torch.stack([loss_sum / (step - step_last), torch.tensor(len(stop), device=device)])
@@ -335,8 +345,7 @@ def train(cfg, ckpt_path, state=None):
             torch.distributed.all_reduce(mean)
         loss_now, stopping = (mean / world).tolist()  # the host sync
         if not math.isfinite(loss_now):
-            fail(f"the loss became {loss_now} near step {step}; stopped, {ckpt_path} keeps the "
-                 "last good state -- lower --lr or raise --warmup, then --resume")
+            fail(f"the loss became {loss_now} near step {step}; {path} is intact -- lower --lr")
         if log:  # the first step compiles (CUDA): no rate from it
             rate = (step - step_last) * cfg.batch / (time.time() - t_last)
             left = (cfg.minutes * 60 - (time.time() - t0) if cfg.minutes and step - start < 13
@@ -347,18 +356,15 @@ def train(cfg, ckpt_path, state=None):
                   f"{(time.time() - t0) / 60:.1f} min", flush=True)
         loss_sum.zero_()
         if (save or stopping) and rank == 0:
-            save_checkpoint(ckpt_path, model, ema, opt, replace(cfg, steps=total, minutes=0), step)
+            save_checkpoint(path, modules, replace(cfg, steps=total, minutes=0), step, classes)
         if stopping:
-            print(f"stopped at step {step}: saved {ckpt_path}; go on with --resume")
+            print(f"stopped at step {step}: saved {path}; go on with --resume")
             sys.exit(130)
         if grid:
-            write_grid(ema, sched, cfg, device, step)
+            write_samples(ema, quick, device, f"{cfg.out}/ddpm_train_step{step:07d}", 64)
         t_last, step_last = time.time(), step  # grids and saves stay out of the img/s
     signal.signal(signal.SIGINT, previous)
-    if rank == 0:
-        print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; wrote {ckpt_path}; "
-              f"drawing 64 samples ({min(100, cfg.sample_steps or cfg.T)} steps)", flush=True)
-        print(f"wrote {write_grid(ema, sched, cfg, device, step)}")
+    print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; wrote {path}")
     if world > 1:
         torch.distributed.barrier()  # no process ends while rank 0 is still writing
         torch.distributed.destroy_process_group()
@@ -369,11 +375,11 @@ def on_ctrl_c(stop, world):
     stop.append(1)
     print("\nCtrl-C: finishing this step, then saving (Ctrl-C again to stop now)", flush=True)
 
-def save_checkpoint(path, model, ema, opt, cfg, step):
+def save_checkpoint(path, modules, cfg, step, classes):
     """Self-describing, via path.tmp renamed: a failed write (full disk, kill -9) keeps the last."""
-    state = dict(kind="ddpm", config=asdict(cfg), step=step, model=model.state_dict(),
-                 ema=ema.state_dict(), opt=opt.state_dict(), rng_cpu=torch.get_rng_state(),
-                 rng_cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+    cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    state = dict(kind="ddpm", config=asdict(cfg), step=step, classes=classes, rng_cuda=cuda_rng,
+                 rng_cpu=torch.get_rng_state(), **{k: m.state_dict() for k, m in modules.items()})
     try:
         with open(f"{path}.tmp", "wb") as f:
             torch.save(state, f)
@@ -407,8 +413,7 @@ def restore(state, modules, path):  # module and random states, or one line if t
         if torch.cuda.is_available() and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"])
     except (RuntimeError, KeyError, ValueError) as e:
-        fail(f"{path}'s weights do not fit this network ({str(e).splitlines()[0][:100]}) -- "
-             "leave the network flags as they were")
+        fail(f"{path}'s weights do not fit ({str(e).splitlines()[0][:60]}) -- keep its flags")
 
 # --- Sampling: grids, the denoising GIF, and PNGs for FID -----------------------------------------
 def to_uint8(x):  # float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU
@@ -421,42 +426,38 @@ def grid_image(x, cols=8):
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
     return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
 
-def write_grid(ema, sched, cfg, device, step):
-    """64 samples from the EMA network with at most 100 respaced steps: a look at progress."""
-    quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))
-    x = sample(ema, sched, (64, 3, cfg.image_size, cfg.image_size), quick, device,
-               torch.Generator(device).manual_seed(cfg.seed))
-    grid_image(to_uint8(x)).save(path := f"{cfg.out}/ddpm_train_step{step:07d}.png")
-    return path
-
-def sample_main(cfg, ckpt, path):
-    """A grid of the first 64 samples, the denoising GIF, and with --n > 64 one PNG per sample."""
-    device, model = pick_device(), build_model(cfg)
-    restore(ckpt, dict(ema=model), path)
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
-    sched = make_schedule(cfg.schedule, cfg.T, device)
-    steps, gen = cfg.sample_steps or cfg.T, torch.Generator(device).manual_seed(cfg.seed)
-    name = (f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_step{ckpt['step']}_"
-            f"{cfg.var}{steps}_seed{cfg.seed}")
-    # GIF frames at these step indices: denser towards the end, where the details form
+def write_samples(model, cfg, device, name, n):
+    """n samples (with labels, a class in turn, 8 each): 64 in name.png, the denoising GIF (frames
+    denser at the end, where the details form) and, for n > 64, a PNG each (for FID)."""
+    sched, steps = make_schedule(cfg.schedule, cfg.T, device), cfg.sample_steps or cfg.T
+    gen, K = torch.Generator(device).manual_seed(cfg.seed), model.num_classes
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
-    images, t0, batch = [], time.time(), min(cfg.sample_batch, cfg.n)  # one shape: full batches
-    for i in range(0, cfg.n, batch):
-        x = sample(net, sched, (batch, 3, cfg.image_size, cfg.image_size), cfg,
-                   device, gen, record=record if i == 0 else None)
-        images.extend(to_uint8(x[:cfg.n - i]))
-        print(f"sampled {len(images)}/{cfg.n} ({time.time() - t0:.0f} s)", flush=True)
+    images, t0, batch = [], time.time(), min(cfg.sample_batch, n)  # one shape: full batches
+    for i in range(0, n, batch):
+        c = torch.arange(batch, device=device) // 8 % K if K else None
+        x = sample(model, sched, (batch, 3, cfg.image_size, cfg.image_size), cfg, device, gen,
+                   record=record if i == 0 else None, c=c)
+        images.extend(to_uint8(x[:n - i]))
+        print(f"sampled {len(images)}/{n} ({time.time() - t0:.0f} s)", flush=True)
     grid_image(np.stack(images[:64])).save(f"{name}.png")
     frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
               for pair in record.values()]  # x_t | predicted x_0
     frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
-    if cfg.n > 64:
-        os.makedirs(f"{name}_n{cfg.n}", exist_ok=True)
+    if n > 64:
+        os.makedirs(f"{name}_n{n}", exist_ok=True)
         for k, im in enumerate(images):
-            Image.fromarray(im).save(f"{name}_n{cfg.n}/{k:06d}.png")
-    print(f"wrote {name}.png, {name}.gif" + f" and {cfg.n} PNGs in {name}_n{cfg.n}" * (cfg.n > 64))
+            Image.fromarray(im).save(f"{name}_n{n}/{k:06d}.png")
+    print(f"wrote {name}.png, {name}.gif" + f" and {n} PNGs in {name}_n{n}" * (n > 64))
+
+def sample_main(cfg, ckpt, path):
+    device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})))
+    restore(ckpt, dict(ema=model), path)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
+    stem = os.path.splitext(os.path.basename(path))[0] + f"_step{ckpt['step']}"
+    name = f"{cfg.out}/{stem}_{cfg.var}{cfg.sample_steps or cfg.T}_seed{cfg.seed}"
+    write_samples(net, cfg, device, name + f"_w{cfg.guidance:g}" * bool(K), cfg.n)
 
 # --- Command line: --train | --sample, and every Config field as a flag ---------------------------
 def main(argv=None):
@@ -479,8 +480,7 @@ def main(argv=None):
     state = load_checkpoint(args.ckpt) if args.resume or args.sample else None
     cfg = replace(Config(**state["config"]) if state else Config(), **given)
     if args.train and not args.resume and not torch.cuda.is_available():
-        small = {k: v for k, v in CPU_RECIPE.items() if k not in given}
-        cfg = replace(cfg, **small)
+        cfg = replace(cfg, **(small := {k: v for k, v in CPU_RECIPE.items() if k not in given}))
         print(f"no CUDA GPU, so a small recipe: {small} -- flags you give override it")
     check_config(cfg)
     try:  # a folder that cannot be written stops the run now, not after hours of training

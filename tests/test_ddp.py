@@ -37,14 +37,14 @@ def one_step(rank, port, results):
                          dtype=torch.uint8)  # each rank its own images
     replica = copy.deepcopy(model)
     torch.manual_seed(100 + rank)
-    ddpm.diffusion_loss(replica, sched, ddpm.get_batch(data, 4, False), cfg).backward()
+    ddpm.diffusion_loss(replica, sched, ddpm.get_batch(data, 4, False)[0], cfg).backward()
     local = torch.cat([p.grad.flatten() for p in replica.parameters()])
     mean = local.clone()
     dist.all_reduce(mean)
     mean /= 2
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.manual_seed(100 + rank)  # the same draws inside the step
-    ddpm.diffusion_loss(net, sched, ddpm.get_batch(data, 4, False), cfg).backward()
+    ddpm.diffusion_loss(net, sched, ddpm.get_batch(data, 4, False)[0], cfg).backward()
     opt.step()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     results[rank] = (after - before, local, mean, before)
@@ -95,7 +95,8 @@ def test_torchrun_writes_once_and_resumes_on_one_process(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("done: 4 steps") == 1 and run.stdout.count("step 2/4") == 1
     assert sorted(os.listdir(tmp_path)) == ["ddpm.pt", "out"]
-    assert os.listdir(tmp_path / "out") == ["ddpm_train_step0000004.png"]
+    grid = "ddpm_train_step0000004"
+    assert sorted(os.listdir(tmp_path / "out")) == [f"{grid}.gif", f"{grid}.png"]
     assert torch.load(tmp_path / "ddpm.pt", weights_only=True)["step"] == 4
     os.chdir(tmp_path)
     import ddim  # the 2-process checkpoint samples in one CPU process

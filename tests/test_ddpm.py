@@ -240,11 +240,10 @@ def test_one_training_step_moves_the_ema(tmp_path, monkeypatch):
         torch.testing.assert_close(ckpt["ema"][k], 0.9 * start[k] + 0.1 * theta)
     moved = max((start[k] - v).abs().max().item() for k, v in ckpt["model"].items())
     assert moved > 5e-3  # Adam's first step moves weights by about lr: 0.1 vs 0.9 tells apart
-    cfg = ddpm.Config(batch=128, ema_halflife_kimg=10, ema_rampup=0.0)
+    cfg = ddpm.Config(batch=128, ema_halflife_kimg=10)
     monkeypatch.undo()
-    assert ddpm.ema_beta(cfg, 10**6) ** (10_000 / 128) == pytest.approx(0.5)
-    ramped = ddpm.Config(batch=128, ema_halflife_kimg=10, ema_rampup=0.1)  # capped at 10% of nimg
-    assert ddpm.ema_beta(ramped, 20_000) ** (2_000 / 128) == pytest.approx(0.5)
+    assert ddpm.ema_beta(cfg, 10**6) ** (10_000 / 128) == pytest.approx(0.5)  # 10 kimg
+    assert ddpm.ema_beta(cfg, 20_000) ** (2_000 / 128) == pytest.approx(0.5)  # 10% of 20,000
 
 
 def graphed_gradients_match_eager(device, cfg):
@@ -298,15 +297,31 @@ def test_diffusion_loss_draws_t_uniformly_and_pairs_it_with_x_t():
     T, B = 50, 20_000
     sched, x0, seen = ddpm.make_schedule("linear", T), torch.zeros(B, 1, 2, 2), []
 
-    def inverter(x_t, t):
+    def inverter(x_t, t, c=None):
         seen.append(t)
         return x_t / (1 - ddpm.bcast(ddpm.abar_at(sched, t), x_t)).sqrt()
     torch.manual_seed(0)
     assert ddpm.diffusion_loss(inverter, sched, x0, ddpm.Config(T=T, prediction="eps")) < 1e-10
     counts, p = torch.bincount(seen[0], minlength=T).double(), 1 / T
     assert len(counts) == T and ((counts - B * p).abs() < Z * math.sqrt(B * p * (1 - p))).all()
-    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    zero = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
     loss = ddpm.diffusion_loss(zero, sched, x0, ddpm.Config(T=T, prediction="v")).item()
     abar = sched["alphas_cumprod"].double()
     se = math.sqrt((1.5 * (abar ** 2).mean() - abar.mean() ** 2).item() / B)
     assert abs(loss - abar.mean().item()) < Z * se, (loss, abar.mean().item())
+
+
+@pytest.mark.parametrize("p_uncond", [0.1, 0.5])
+def test_label_dropout_happens_at_the_rate_asked(p_uncond):
+    """CFG Alg. 1: each label becomes K ("no label") with probability p_uncond, independently; the
+    others are kept. Over B = 20,000 labels the count of K is Binomial(B, p): within 5 standard
+    errors sqrt(B p (1 - p)) of B p (at p = 0.1: 2,000 +- 212)."""
+    T, B, K = 50, 20_000, 13
+    c, seen = torch.randint(K, (B,), generator=torch.Generator().manual_seed(1)), []
+    torch.manual_seed(0)
+    spy = lambda x, t, c=None: seen.append(c) or torch.zeros_like(x)  # noqa: E731
+    cfg = ddpm.Config(T=T, p_uncond=p_uncond)
+    ddpm.diffusion_loss(spy, ddpm.make_schedule("linear", T), torch.zeros(B, 1, 2, 2), cfg, c, K)
+    dropped = seen[0] == K
+    assert abs(dropped.sum().item() - B * p_uncond) < Z * math.sqrt(B * p_uncond * (1 - p_uncond))
+    assert torch.equal(seen[0][~dropped], c[~dropped])  # the rest keep their own label

@@ -181,7 +181,9 @@ def write_images(folder):
 
 def test_load_folder_takes_every_mode_and_counts_unreadable(tmp_path):
     write_images(tmp_path / "imgs")
-    images, skipped = ddpm.load_folder(str(tmp_path / "imgs"), 16)
+    images, skipped, folders = ddpm.load_folder(str(tmp_path / "imgs"), 16)
+    images = np.stack(images)
+    assert sorted(set(folders)) == [".", "sub"]  # the top subfolder of each, "." for none
     assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8 and skipped == 1
     # sorted by path: clear.png, deep16.png, grey.png, ...; transparency and 16-bit white stay white
     assert (images[0] == 255).all() and (images[1] == 255).all()
@@ -194,7 +196,7 @@ def test_center_crop_keeps_the_middle(tmp_path):
     im[:, :, 0] = 255
     im[:, 40:80] = (0, 0, 255)
     Image.fromarray(im).save(tmp_path / "d" / "wide.png")
-    images, _ = ddpm.load_folder(str(tmp_path / "d"), 8)
+    images = np.stack(ddpm.load_folder(str(tmp_path / "d"), 8)[0])
     assert images[0, :, 1:-1, 2].min() > 200 and images[0, :, 1:-1, 0].max() < 60
 
 
@@ -207,7 +209,7 @@ def test_center_crop_keeps_the_middle(tmp_path):
     (["--train", "--lr", "nan"], "--lr nan: must be a finite number"),
     (["--train", "--ema-halflife-kimg", "inf"], "--ema-halflife-kimg inf: must be a finite"),
     (["--train", "--image-size", "100000"], "--image-size 100000"),
-    (["--train", "--T", "20"], "T >= 21"),
+    (["--train", "--T", "20"], "--T 20: must be a finite number, 21 or more"),
     (["--train", "--schedule", "cosinus"], "invalid choice: 'cosinus'"),
     (["--train", "--prediction", "score"], "invalid choice: 'score'"),
     (["--train", "--steps", "0"], "--steps"),
@@ -246,7 +248,8 @@ def test_bad_folders_and_checkpoints(in_tmp):
 def test_grids_come_every_sample_every_steps_whatever_the_log_and_checkpoint_steps(in_tmp):
     ddpm.main(["--train", *TINY, "--steps", "6", "--sample-every", "5", "--log-every", "4",
                "--ckpt-every", "0"])
-    assert sorted(os.listdir("out")) == ["ddpm_train_step0000005.png", "ddpm_train_step0000006.png"]
+    assert sorted(os.listdir("out")) == [f"ddpm_train_step000000{k}.{ext}" for k in (5, 6)
+                                         for ext in ("gif", "png")]
 
 
 def test_resuming_a_finished_run_says_so(in_tmp):
@@ -259,8 +262,8 @@ def test_a_nan_gradient_under_a_finite_loss_stops_too(in_tmp, monkeypatch):
     must stop before it saves the NaN weights, keeping step 2's checkpoint."""
     build, calls = ddpm.build_model, []
 
-    def poisoned(cfg):
-        model = build(cfg)
+    def poisoned(cfg, *classes):
+        model = build(cfg, *classes)
         first = next(model.parameters())
         first.register_hook(lambda g: calls.append(1) or (g * float("nan") if len(calls) >= 3
                                                           else g))
@@ -270,3 +273,27 @@ def test_a_nan_gradient_under_a_finite_loss_stops_too(in_tmp, monkeypatch):
     assert "the loss became nan near step 3" in message
     assert weights("ddpm.pt")["step"] == 2
 
+
+
+def test_cond_takes_subfolders_as_classes_and_stores_them(in_tmp):
+    """--data with --cond: each top subfolder is a class (sorted names, ImageFolder's convention),
+    images deeper down belong to their top subfolder; the checkpoint stores {name: count}, the
+    network gets one label row per class and one for "no label", and --sample writes its grid
+    under a name with w. Images outside any subfolder, or a single class, stop with one line."""
+    rng = np.random.default_rng(0)
+    for name, n in (("red", 3), ("blue/deep", 2), ("blue", 1)):
+        os.makedirs(f"data/{name}", exist_ok=True)
+        for k in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(f"data/{name}/{k}.png")
+    images, labels, names = ddpm.load_data(ddpm.Config(data="data", image_size=16, cond=True))
+    assert names == ["blue", "red"] and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    run("--train", "--steps", "2", "--data", "data", "--cond", "--batch", "6")
+    ckpt = weights("ddpm.pt")
+    assert ckpt["classes"] == {"blue": 3, "red": 3} and ckpt["config"]["cond"]
+    assert ckpt["ema"]["label_emb.weight"].shape[0] == 3  # 2 classes + "no label"
+    ddpm.main(["--sample", "--ckpt", "ddpm.pt", "--n", "4", "--guidance", "2"])
+    assert os.path.exists("out/ddpm_step2_small4_seed0_w2.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save("data/loose.png")
+    for data in ("data", "data/red"):
+        assert "one per class" in error_of(["--train", "--data", data, "--cond", *TINY, "--ckpt",
+                                            "new.pt"])

@@ -145,7 +145,8 @@ def conditional_net():
     torch.manual_seed(0)
     net = UNet(ch=32, ch_mult=(1, 2), attn_levels=(1,), num_classes=3).eval()
     randomise_zero_layers(net)
-    return net, torch.randn(4, 3, 16, 16), torch.tensor([5, 500, 900, 0]), torch.tensor([0, 1, 2, 1])
+    t, c = torch.tensor([5, 500, 900, 0]), torch.tensor([0, 1, 2, 1])
+    return net, torch.randn(4, 3, 16, 16), t, c
 
 
 def test_labels_matter_none_is_class_k_and_no_classes_keeps_the_unconditional_weights():
