@@ -3,19 +3,22 @@
 Papers: Denoising Diffusion Probabilistic Models (Ho, Jain, Abbeel 2020, arXiv 2006.11239v2) and
 Denoising Diffusion Implicit Models (Song, Meng, Ermon 2021, arXiv 2010.02502v4); annealed Langevin
 dynamics from Generative Modeling by Estimating Gradients of the Data Distribution (Song & Ermon
-2019, arXiv 1907.05600). Trains an MLP noise predictor on 2D data in minutes on a CPU, samples by
-DDPM, DDIM or Langevin, scores against fresh data; the Gaussian mixture's exact noise predictor is
-the oracle. "KAIST": KAIST's CS492D (Diffusion Models) grades 2D samples by this Chamfer distance.
+2019, arXiv 1907.05600); Classifier-Free Diffusion Guidance (Ho & Salimans 2022, arXiv 2207.12598).
+Trains an MLP noise predictor on 2D data in minutes on a CPU, samples by DDPM, DDIM or Langevin,
+scores against fresh data; the Gaussian mixture's exact noise predictor is the oracle, and its
+components are the classes. "KAIST": KAIST's CS492D grades 2D samples by this Chamfer distance.
 
     python toy2d.py --data swiss_roll                # train, DDPM-1000, DDIM-50 per eta, metrics
     python toy2d.py --data mixture --oracle          # sample with the exact noise predictor
     python toy2d.py --data moons --sampler langevin  # each run's samples also as .npy in out/
+    python toy2d.py --data mixture --label 0 --guidance 0 1 3   # class 0 at guidance w = 0, 1, 3
 
 Notation (code -> paper). Code t in {0, ..., T-1} is the paper's t+1 (t=0 is one step of noise):
     betas[t] -> beta_{t+1}            alphas_cumprod[t] -> abar_{t+1} (DDIM writes alpha_t)
     alphas_cumprod_prev[t] -> abar_t  (1 at t=0; a DDIM t_prev of -1 reads it, so abar_prev = 1)
     eps_fn(x, t) -> eps_theta(x_t, t) x0_pred -> f_theta(x_t) (DDIM Eq. 9)   sigma_t -> DDIM Eq. 16
     S DDIM steps: t_i = floor((T-1)(S-1-i)/(S-1) + 1/2), i = 0..S-1, as in ddpm.py and ddim.py
+    c -> class c, a mixture component (c = K: no label)   w -> guidance weight (Ho & Salimans Eq. 6)
 """
 import argparse
 import math
@@ -33,7 +36,8 @@ from PIL import Image, ImageDraw
 # --------------------------------------------------------------------------------------- config
 DATASETS = ("swiss_roll", "moons", "gaussians8", "checkerboard", "circles", "mixture")
 AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
-POSITIVE, UNIT = (lambda v: v > 0, "positive"), (lambda v: all(0 <= e <= 1 for e in v), "in [0, 1]")
+POSITIVE = (lambda v: v > 0, "positive")
+UNIT = (lambda v: 0 <= np.min(v) <= np.max(v) <= 1, "in [0, 1]")   # a number or a tuple
 AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (the unbiased MMD needs two points)")
 EVEN = (lambda v: v >= 2 and v % 2 == 0, "even and at least 2 (half sines, half cosines)")
 ABOVE_20 = (lambda v: v > 20, "above 20 (the linear schedule's last beta is 20/T)")
@@ -59,6 +63,9 @@ class Config:
     langevin_step: float = arg(0.5, "alpha_i / sigma_i^2 (Alg. 1: eps / sigma_L^2)", POSITIVE)
     n_samples: int = arg(2048, "samples per sampler and reference points (KAIST)", AT_LEAST_2)
     oracle: bool = arg(False, "mixture only: sample with the exact noise predictor, no training")
+    label: int = arg(-1, "mixture only: component to draw, guided; trains with labels (-1: off)")
+    guidance: tuple = arg((0.0, 1.0, 3.0), "guidance weights w for --label (Ho & Salimans Eq. 6)")
+    p_uncond: float = arg(0.1, "P(no label) in training with --label (Ho & Salimans Alg. 1)", UNIT)
     out: str = arg("out", "folder for the pictures and the samples (.npy)")
     seed: int = arg(0, "random seed; the metrics' fresh data: seed+1, seed+2", NOT_NEGATIVE)
 
@@ -81,8 +88,8 @@ def swiss_roll_moments():
     mean_sq = (w * (b**3 - a**3) / 3).sum() / 2      # E[x^2 + y^2] / 2 = E[t^2] / 2
     return mean, math.sqrt(mean_sq - mean**2)
 
-def make_data(name, n, rng):
-    """n points of a 2D data set, float32 [n, 2]."""
+def make_data(name, n, rng, labels=False):
+    """n points of a 2D data set, float32 [n, 2]; labels=True (mixture): also their components."""
     if name == "swiss_roll":   # KAIST's: (t, h) on 8 cells of 3x3 over [1.5 pi, 4.5 pi] x [0, 21]
         cell = rng.integers(0, 8, n)                 # h (rows 7 high) is dropped: 2D keeps t,
         t = np.pi * (1.5 + (cell + (cell >= 4)) // 3 + rng.random(n))   # but cell 4 is the hole
@@ -104,25 +111,29 @@ def make_data(name, n, rng):
     else:                                            # mixture: x = mu_k + chol(Sigma_k) z
         k = rng.choice(len(MIX_W), n, p=MIX_W)
         x = MIX_MU[k] + (np.linalg.cholesky(MIX_COV)[k] @ rng.standard_normal((n, 2, 1)))[..., 0]
-    return x.astype(np.float32)
+    return (x.astype(np.float32), k) if labels else x.astype(np.float32)
 
 # ---------------------------------------------------------------------------------------- model
 class MLP(nn.Module):
-    """Noise predictor eps_theta(x_t, t): [B, 2], [B] or int -> [B, 2]. Pre-norm residual blocks
-    h <- h + W2 silu(W1 LayerNorm(h) + We emb(t)); the time embedding enters every block."""
+    """Noise predictor eps_theta(x_t, t[, c]): [B, 2], [B] or int[, [B]] -> [B, 2]. Pre-norm
+    residual blocks h <- h + W2 silu(W1 LayerNorm(h) + We emb(t)); emb(t) enters every block.
+    classes K > 0 adds to it a label embedding, K + 1 rows (row K: none, also for c None)."""
 
-    def __init__(self, hidden, blocks):
+    def __init__(self, hidden, blocks, classes=0):
         super().__init__()
-        self.hidden, self.inp = hidden, nn.Linear(2, hidden)
+        self.hidden, self.classes, self.inp = hidden, classes, nn.Linear(2, hidden)
         self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU())
         self.blocks = nn.ModuleList(nn.ModuleList([nn.LayerNorm(hidden)] + [
             nn.Linear(hidden, hidden) for _ in range(3)]) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 2))
+        self.label = nn.Embedding(classes + 1, hidden) if classes else None   # K = 0: as before
 
-    def forward(self, x, t):
+    def forward(self, x, t, c=None):
         half = self.hidden // 2   # sinusoidal embedding of t (DDPM Sec. 4, as the Transformer)
         angles = torch.as_tensor(t).reshape(-1, 1) * 10_000 ** (-torch.arange(half) / half)
         emb, h = self.time(torch.cat([angles.sin(), angles.cos()], 1)), self.inp(x)
+        if self.classes:
+            emb = emb + self.label(torch.full((len(x),), self.classes) if c is None else c)
         for norm, w1, w2, we in self.blocks:
             h = h + w2(nn.functional.silu(w1(norm(h)) + we(emb)))
         return self.out(h)
@@ -145,10 +156,14 @@ def q_sample(x0, t, eps, sched):
     abar = sched["alphas_cumprod"][t, None]   # t an int or [B]: [1] or [B, 1], as x is [B, 2]
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
-def denoising_loss(model, x0, sched):
-    """|eps - eps_theta(x_t, t)|^2 with t ~ U{0, ..., T-1}, eps ~ N(0, I) (DDPM Alg. 1, Eq. 14)."""
+def denoising_loss(model, x0, sched, c=None, p_uncond=0.0):
+    """|eps - eps_theta(x_t, t)|^2 with t ~ U{0, ..., T-1}, eps ~ N(0, I) (DDPM Alg. 1, Eq. 14).
+    Labels c [B]: eps_theta(x_t, t, c), c set to K (none) w.p. p_uncond (Ho & Salimans Alg. 1)."""
     t, eps = torch.randint(len(sched["betas"]), (len(x0),), device=x0.device), torch.randn_like(x0)
-    return ((eps - model(q_sample(x0, t, eps, sched), t)) ** 2).mean()
+    x_t = q_sample(x0, t, eps, sched)
+    if c is not None:
+        c = torch.where(torch.rand(len(c), device=c.device) < p_uncond, len(MIX_W), c)
+    return ((eps - (model(x_t, t) if c is None else model(x_t, t, c))) ** 2).mean()
 
 def posterior(x0, x_t, t, sched):
     """Mean and variance of q(x_{t-1} | x_t, x0) (DDPM Eqs. 6-7)."""
@@ -189,12 +204,25 @@ def mixture_terms(x, abar):
     log_n = -0.5 * ((c_inv_d * d).sum(-1) + torch.logdet(cov)) - math.log(2 * math.pi)
     return torch.tensor(MIX_W, **f64).log() + log_n, c_inv_d
 
-def oracle_eps(x, t, sched):
+def oracle_eps(x, t, sched, c=None):
     """The exact noise predictor eps*(x_t, t) = -sqrt(1 - abar_t) grad log q_t(x_t) (Tweedie),
-    grad log q_t = -sum_k r_k(x) C_k^-1 (x - sqrt(abar) mu_k), r_k the responsibilities."""
-    abar = sched["alphas_cumprod"][t].item()
+    grad log q_t = -sum_k r_k(x) C_k^-1 (x - sqrt(abar) mu_k), r_k the responsibilities. Labels
+    c [n] (K: none) make it the exact conditional: x_t | k ~ N(sqrt(abar) mu_k, C_k) (DDPM Eq. 4),
+    a Gaussian N(m, C) has the score -C^-1 (x - m), so r = one-hot(k) and the conditional
+    eps*_k(x_t, t) = sqrt(1 - abar_t) C_k^-1 (x_t - sqrt(abar_t) mu_k)."""
+    abar, K = sched["alphas_cumprod"][t].item(), len(MIX_W)
     log_wn, c_inv_d = mixture_terms(x, abar)
-    return (math.sqrt(1 - abar) * (log_wn.softmax(1)[..., None] * c_inv_d).sum(1)).to(x.dtype)
+    r = log_wn.softmax(1)                                                  # [n, K]
+    if c is not None:                                                      # a row c = K keeps r
+        r = torch.where(c[:, None] == K, r, (c[:, None] == torch.arange(K)).to(r.dtype))
+    return (math.sqrt(1 - abar) * (r[..., None] * c_inv_d).sum(1)).to(x.dtype)
+
+def guided(eps_fn, x, t, c, w):
+    """Classifier-free guidance (1 + w) eps(x_t, t, c) - w eps(x_t, t, none) (Ho & Salimans Eq. 6)
+    in one batched call (t an int, none = K): w = 0 is the conditional eps, -1 the unconditional."""
+    none = torch.full_like(c, len(MIX_W))
+    eps_c, eps_none = eps_fn(torch.cat([x, x]), t, torch.cat([c, none])).chunk(2)
+    return (1 + w) * eps_c - w * eps_none
 
 def chamfer(a, b):
     """KAIST's Chamfer distance: sum over both directions of squared nearest-neighbour distances."""
@@ -208,14 +236,15 @@ def mmd2(a, b, h=0.5):
     return (within(a) + within(b) - 2 * k(a, b).mean()).item()
 
 # ---------------------------------------------------------------------------------------- train
-def train(cfg, data, sched):
+def train(cfg, data, sched, c=None):
     """AdamW on the denoising loss, LR cosine-decayed to 0; a non-finite loss stops the run."""
-    model = MLP(cfg.hidden, cfg.blocks)
+    model = MLP(cfg.hidden, cfg.blocks, 0 if c is None else len(MIX_W))   # c [n]: data's labels
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)   # lr (1 + cos) / 2
     start = time.time()
     for step in range(1, cfg.steps + 1):
-        loss = denoising_loss(model, data[torch.randint(len(data), (cfg.batch,))], sched)
+        i = torch.randint(len(data), (cfg.batch,))
+        loss = denoising_loss(model, data[i], sched, c if c is None else c[i], cfg.p_uncond)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -250,6 +279,24 @@ def sample(eps_fn, sched, cfg, sampler, eta, gen):
                 x = x + alpha / 2 * score + alpha.sqrt() * noise_like(x, gen)
             frames.append((f"sigma = {sigma:.3g}", x))
     return x, frames
+
+def sample_guided(eps_fn, sched, cfg, runs, prefix, lim, ref):
+    """Per sampler, class --label at each --guidance w side by side, and per w the share of samples
+    whose Bayes class at t = 0, argmax_k w_k N(x; mu_k, Sigma_k), is --label, and their mean."""
+    c, path = torch.full((cfg.n_samples,), cfg.label), f"{prefix}_label{cfg.label}"
+    for name, sampler, eta in runs:
+        xs, panels = [], []
+        for w in cfg.guidance:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            x = sample(lambda x, t: guided(eps_fn, x, t, c, w), sched, cfg, sampler, eta, gen)[0]
+            if not torch.isfinite(x).all():
+                fail(f"{name} w = {w:g}: the samples are not finite -- lower --guidance")
+            share = (mixture_terms(x, 1.0)[0].argmax(1) == cfg.label).double().mean().item()
+            title, xs = f"{name}  w = {w:g}: {share:.2%} class {cfg.label}", xs + [x.numpy()]
+            print(f"{title}, mean {xs[-1].mean(0).round(3)}", flush=True)
+            panels.append((title, [(ref.numpy(), 0, GREY), (xs[-1], 0, RED)]))
+        np.save(f"{path}_{name}_guidance.npy", np.stack(xs))   # [len(guidance), n, 2]
+        save(f"{path}_{name}_guidance.png", lim, panels)
 
 def save(path, lim, panels, size=300):
     """Panels [(title, [(xy, dxy, rgb)])] on [-lim, lim]^2, dots and arrows: a PNG row or a GIF."""
@@ -301,12 +348,16 @@ def check_config(cfg):
     """One clear line for the first impossible value, before any work is done."""
     for f in fields(cfg):
         v, ok, flag = getattr(cfg, f.name), f.metadata["ok"], f"--{f.name.replace('_', '-')}"
-        if isinstance(v, float) and not math.isfinite(v):   # a nan in --etas: UNIT says no
+        if isinstance(v, (float, tuple, list)) and not np.isfinite(v).all():   # --etas 0 nan too
             fail(f"{flag} {v}: must be a finite number")
         if ok and not ok[0](v):
             fail(f"{flag} {v}: must be {ok[1]}")
     if cfg.oracle and cfg.data != "mixture":
         fail("--oracle needs --data mixture: the exact noise predictor is known for it only")
+    if (cfg.label != -1 or tuple(cfg.guidance) != Config.guidance) and (   # the classes are the
+            cfg.data != "mixture" or not 0 <= cfg.label < len(MIX_W)):      # mixture's components
+        fail(f"--label {cfg.label} --data {cfg.data}: guidance draws one component of the mixture "
+             f"-- pass --data mixture --label 0 to {len(MIX_W) - 1}")
     S = {"all": "ddim_steps", "ddim": "ddim_steps", "langevin": "langevin_levels"}.get(cfg.sampler)
     if S and getattr(cfg, S) > cfg.T:   # the sampler's S steps are S distinct ones of the T
         fail(f"--{S.replace('_', '-')} {getattr(cfg, S)}: must be at most --T {cfg.T}")
@@ -323,14 +374,18 @@ def main(cfg):
     fresh = lambda k, n: torch.tensor(make_data(cfg.data, n, np.random.default_rng(cfg.seed + k)))
     ref, other = fresh(1, cfg.n_samples), fresh(2, cfg.n_samples)   # unseen data for the metrics
     sched = make_schedule(cfg.T)
-    eps_fn = (lambda x, t: oracle_eps(x, t, sched)) if cfg.oracle else \
-        train(cfg, fresh(0, 100_000), sched)                   # the MLP: it takes an int t too
+    labels = torch.tensor(make_data(cfg.data, 100_000, np.random.default_rng(cfg.seed), True)[1]) \
+        if cfg.label >= 0 and not cfg.oracle else None   # fresh(0, .)'s points' components
+    eps_fn = (lambda x, t, c=None: oracle_eps(x, t, sched, c)) if cfg.oracle else \
+        train(cfg, fresh(0, 100_000), sched, labels)          # the MLP: it takes an int t too
     runs = {"ddpm": [(f"ddpm{cfg.T}", "ddpm", 1.0)], "langevin": [
         (f"langevin{cfg.langevin_levels}x{cfg.langevin_steps}", "langevin", 0.0)],
         "ddim": [(f"ddim{cfg.ddim_steps}_eta{e:g}", "ddim", e) for e in cfg.etas]}
     runs = runs["ddpm"] + runs["ddim"] if cfg.sampler == "all" else runs[cfg.sampler]
     prefix = os.path.join(cfg.out, f"toy2d_{cfg.data}{'_oracle' if cfg.oracle else ''}")
     lim, rows = 1.15 * float(ref.abs().max()), [("fresh data", other)]   # the metrics' floor
+    if cfg.label >= 0:
+        return sample_guided(eps_fn, sched, cfg, runs, prefix, lim, ref)
     for name, sampler, eta in runs:
         start, gen = time.time(), torch.Generator().manual_seed(cfg.seed)
         x, frames = sample(eps_fn, sched, cfg, sampler, eta, gen)
