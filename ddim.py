@@ -1,18 +1,21 @@
 """Denoising Diffusion Implicit Models (Song, Meng, Ermon 2021, arXiv 2010.02502v4).
 
 Samples from a ddpm.py checkpoint in 10-100 steps with the DDIM update (deterministic at eta = 0)
-and runs that ODE backwards to turn images into noise. Imports only unet.py.
+and runs that ODE backwards to turn images into noise. Imports only unet.py. Samples by class from
+`ddpm.py --cond` checkpoints, guided (Ho & Salimans 2022, arXiv 2207.12598v1: CFG).
 
     python ddim.py --ckpt ddpm.pt --steps 50 [--n 5000]         # grid, GIF (and PNGs: FID) in out/
     python ddim.py --ckpt ddpm.pt --compare 10,20,50,100,1000   # a row per step count, same noise
     python ddim.py --ckpt ddpm.pt --invert DIR --steps 200 --no-bf16   # x_0 -> x_T -> x_0, PSNR
     python ddim.py --ckpt ddpm.pt --interp                      # slerp between two noises
+    python ddim.py --ckpt ddpm.pt --guidance 2 [--label blue]   # CFG; --guidance-grid: class x w
 
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise), as
 in ddpm.py; t_prev = -1 means no noise at all: alphas_cumprod_prev = 1.
     alphas_cumprod[t]   abar_t in DDPM's notation, which DDIM writes alpha_t
     pairs               [(tau_S, tau_{S-1}), ..., (tau_1, -1)]: the sub-sequence tau of Sec. 4.2
     eta                 scales sigma_t (Eq. 16): 0 is DDIM, 1 DDPM's posterior std; see ddim_step
+    c, w                class labels [B] in 0..K-1 (K: no label), guidance weight (CFG Eq. 6)
 """
 import argparse
 import math
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from unet import UNet
+from unet import UNet, guided
 
 # --- Config: every field is a flag (--field-name); `ok` is the test a value must pass -------------
 AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
@@ -53,6 +56,9 @@ class Config:
     compare: tuple = arg((), "S1,S2,..: one grid, a row per step count, all from the same noises")
     invert: str = arg("", "an image or a folder: x_0 -> x_T -> x_0 at eta 0, side by side, PSNR")
     interp: bool = arg(False, "8 images at eta 0 along a slerp between two starting noises")
+    label: str = arg("", "one class (name, else index) for all, not drawn as in the data")
+    guidance: float = arg(0.0, "CFG Eq. 6's w (0: unguided)", (lambda v: v >= -1, "-1 or more"))
+    guidance_grid: bool = arg(False, "a row per class, columns w = 0, 1, 3 from the row's noise")
 
 def fail(message):
     sys.exit(f"ddim.py: {message}")  # one line on stderr naming the problem and the fix; exit 1
@@ -64,8 +70,10 @@ def check_config(cfg):
         bad = isinstance(v, float) and not math.isfinite(v)
         if bad or ok and not ok[0](v):
             fail(f"--{f.name.replace('_', '-')} {v}: must be {'a finite number' if bad else ok[1]}")
-    if bool(cfg.compare) + bool(cfg.invert) + cfg.interp > 1:
-        fail("--compare, --invert and --interp are separate runs -- pass one of them")
+    if bool(cfg.compare) + bool(cfg.invert) + cfg.interp + cfg.guidance_grid > 1:
+        fail("--compare, --invert, --interp, --guidance-grid are separate runs -- pass one of them")
+    if (cfg.invert or cfg.guidance_grid) and (cfg.label or cfg.guidance):
+        fail("--invert and --guidance-grid take no --label or --guidance -- drop them")
     try:  # an --out that cannot be written stops the run now, not after the sampling
         os.makedirs(cfg.out, exist_ok=True)
         tempfile.TemporaryFile(dir=cfg.out).close()
@@ -93,16 +101,20 @@ def load_images(path, size):
 def to_uint8(x):  # float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
-def grid_image(x, cols=8):
-    """uint8 [N, H, W, 3] -> one image of them in rows of cols, with 2 px white gaps."""
+def grid_image(x, cols=8, names=()):
+    """uint8 [N, H, W, 3] -> one image of them in rows of cols, 2 px white gaps, names at left."""
     x = np.pad(x, ((0, -len(x) % cols), (2, 0), (2, 0), (0, 0)), constant_values=255)
     n, h, w, _ = x.shape  # blank cells fill the last row; a gap above and left of each
     x = x.reshape(n // cols, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * h, -1, 3)
-    return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
+    left = 8 + 6 * max(map(len, names)) if names else 0  # the font: 6 x 12 px
+    im = Image.fromarray(np.pad(x, ((0, 2), (left, 2), (0, 0)), constant_values=255))
+    for r, name in enumerate(names):
+        ImageDraw.Draw(im).text((4, r * h + h // 2 - 5), name, "black")
+    return im
 
 # --- Model: the EMA network of a ddpm.py checkpoint, rebuilt from its own config ------------------
 def load_checkpoint(path, device="cpu"):
-    """(EMA U-Net, alphas_cumprod [T], config, step) of a ddpm.py checkpoint, or one clear line."""
+    """(EMA U-Net, alphas_cumprod [T], config and its "classes", step) of a ddpm.py checkpoint."""
     fix = "pass --ckpt, a checkpoint written by `python ddpm.py --train`"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -111,8 +123,9 @@ def load_checkpoint(path, device="cpu"):
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "ddpm":
         fail(f"{path} is not a ddpm.py checkpoint -- {fix}")
     try:
-        c = ckpt["config"]
-        net = UNet(**{k: c[k] for k in "ch ch_mult num_res_blocks attn_levels dropout".split()})
+        c = dict(ckpt["config"], classes=ckpt.get("classes") if ckpt["config"].get("cond") else {})
+        net = UNet(**{k: c[k] for k in "ch ch_mult num_res_blocks attn_levels".split()},
+                   num_classes=len(c["classes"]))
         net.load_state_dict(ckpt["ema"])
         abar = make_schedule(c["schedule"], int(c["T"]))["alphas_cumprod"].to(device)
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -188,32 +201,47 @@ def slerp(z0, z1, a):
 # --- Sampling: image k's noise comes from its own generator, whatever the --batch -----------------
 @torch.no_grad()
 def ddim_sample(net, alphas_cumprod, x, pairs, prediction, eta=0.0, clip=True, noise=None,
-                bf16=True, record=None, label=""):
+                bf16=True, record=None, tag="", c=None, w=0.0):
     """x_T [B, ...] -> x_0, one Eq. 12 update per (t, t_prev) pair and nothing else (Sec. 4.2).
-    net(x_t, t [B]) returns the prediction named by prediction; noise() draws N(0, I) like x, only
-    where sigma_t > 0; record {step index: None} receives (x_t, x0_pred) of the first 16 images."""
-    start = last = time.time()  # for progress lines led by label; host time: never a GPU sync
+    net(x_t, t [B]) returns the `prediction`, guided by w for labels c [B]; noise() draws N(0, I)
+    like x where sigma_t > 0; record {step index: None} gets (x_t, x0_pred) of the first 16."""
+    start = last = time.time()  # for progress lines led by tag; host time: never a GPU sync
+    model = net if c is None else lambda x, t: guided(net, x, t, c, w)  # CFG Eq. 6, one call
     for i, (t, t_prev) in enumerate(pairs):
         abar_t = alphas_cumprod[t]
         abar_prev = alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
         with torch.autocast("cuda", torch.bfloat16, enabled=bf16 and x.is_cuda):  # network only
-            out = net(x, torch.full((len(x),), t, device=x.device)).float()
+            out = model(x, torch.full((len(x),), t, device=x.device)).float()
         z = noise() if noise is not None and eta > 0 and t_prev >= 0 else None
         x_prev, x0_pred = ddim_step(x, out, abar_t, abar_prev, eta, prediction, clip, z)
         if i in (record or {}):
             record[i] = (x[:16].clone(), x0_pred[:16].clone())
         x = x_prev
         if (now := time.time()) - last >= 5:  # a batch can take minutes on a CPU: say how far
-            print(f"{label}step {i + 1}/{len(pairs)} ({now - start:.0f} s)", flush=True)
+            print(f"{tag}step {i + 1}/{len(pairs)} ({now - start:.0f} s)", flush=True)
             last = now
     return x
 
-def ddim_invert(net, alphas_cumprod, x0, pairs, prediction, bf16=True, label=""):
+def ddim_invert(net, alphas_cumprod, x0, pairs, prediction, bf16=True, tag=""):
     """x_0 -> x_T: Eq. 12 at eta = 0 up the reversed pairs, x_next = sqrt(abar_next) x0_pred +
     sqrt(1 - abar_next) eps, an Euler step of the ODE (Eq. 13) the other way (Sec. 5.4). No clip:
     it must stay invertible. The data stands in for x at t = 0, where the network was trained."""
     up = [(max(t, 0), t_next) for t_next, t in reversed(pairs)]
-    return ddim_sample(net, alphas_cumprod, x0, up, prediction, clip=False, bf16=bf16, label=label)
+    return ddim_sample(net, alphas_cumprod, x0, up, prediction, clip=False, bf16=bf16, tag=tag)
+
+def class_index(label, names):  # --label as an index into the class names: a name, else an index
+    k = names.index(label) if label in names else int(label) if label.isdecimal() else len(names)
+    return k if k < len(names) else fail(f"--label {label}: no such class -- pass one of "
+                                         f"{', '.join(names)} (or an index, 0 to {len(names) - 1})")
+
+def draw_labels(classes, cfg, first, count):
+    """Labels [count] of images first..: k for grid row k, --label's, or drawn as in the data."""
+    if cfg.guidance_grid or cfg.label:
+        return (torch.arange(first, first + count) % len(classes) if cfg.guidance_grid
+                else torch.full((count,), class_index(cfg.label, list(classes))))
+    p = np.array(list(classes.values())) / sum(classes.values())  # the data's class frequencies
+    return torch.tensor([np.random.default_rng([cfg.seed, k]).choice(len(p), p=p)  # keyed like x_T
+                         for k in ([0] * count if cfg.interp else range(first, first + count))])
 
 def sample_images(net, abar, c, cfg, first, count, record=None):
     """Images first .. first+count-1 [count, 3, H, W]; image k's noises from its own generator."""
@@ -225,11 +253,12 @@ def sample_images(net, abar, c, cfg, first, count, record=None):
     x = noise()
     if cfg.interp:  # from image 0's x_T to image 1's, sampled at eta = 0 (DDIM Sec. 5.3)
         x = slerp(x[0], x[1], torch.linspace(0, 1, count, device=abar.device))
+    labels = draw_labels(c["classes"], cfg, first, count).to(abar.device) if c["classes"] else None
     pairs, eta = timestep_pairs(c["T"], cfg.steps, cfg.spacing), 0.0 if cfg.interp else cfg.eta
     return ddim_sample(net, abar, x, pairs, c["prediction"], eta, cfg.clip, noise, cfg.bf16,
-                       record, f"images {first + 1}-{first + count}: ")
+                       record, f"images {first + 1}-{first + count}: ", labels, cfg.guidance)
 
-# --- Command line: sample | --compare | --invert | --interp, and every Config field as a flag -----
+# --- Command line: sample | --compare | --invert | --interp | --guidance-grid; Config as flags ---
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: sys.exit(f"ddim.py: {message} -- see python ddim.py --help")
@@ -243,6 +272,10 @@ def main(argv=None):
     cfg = Config(**vars(p.parse_args(argv)))
     check_config(cfg)
     net, abar, c, step = load_checkpoint(cfg.ckpt, "cuda" if torch.cuda.is_available() else "cpu")
+    if not (names := list(c["classes"])) and (cfg.label or cfg.guidance or cfg.guidance_grid):
+        fail(f"--label/--guidance: {cfg.ckpt} has no classes -- pass one trained with --cond")
+    label = f"_label-{names[class_index(cfg.label, names)]}" if cfg.label else ""
+    cond = f"_w{cfg.guidance:g}{label}" if names else ""  # in every name: runs never overwrite
     if not 1 <= min(counts := cfg.compare or (cfg.steps,)) <= max(counts) <= len(abar):
         fail(f"--{'compare' if cfg.compare else 'steps'} {','.join(map(str, counts))}: {cfg.ckpt} "
              f"has T = {len(abar)} -- pass step counts from 1 to {len(abar)}")
@@ -253,15 +286,18 @@ def main(argv=None):
         net = torch.compile(net)  # over several batches, compiling pays for itself
     name = os.path.join(cfg.out, f"ddim_{Path(cfg.ckpt).stem}_step{step}_{cfg.spacing}")
     if cfg.compare:  # one grid, a row per step count, all from the same starting noises
-        cols, size, left = min(cfg.n, 8), c["image_size"], 8 + 6 * len(str(max(cfg.compare)))
+        cols, counts = min(cfg.n, 8), [str(S) for S in cfg.compare]  # each row's count at its left
         rows = [sample_images(net, abar, c, replace(cfg, steps=S), 0, cols) for S in cfg.compare]
-        im = ImageOps.expand(grid_image(to_uint8(torch.cat(rows)), cols), (left, 0, 0, 0), "white")
-        for r, S in enumerate(cfg.compare):  # each row's count at its left (font: 6 x 12 px)
-            ImageDraw.Draw(im).text((4, 2 + r * (size + 2) + size // 2 - 6), str(S), "black")
-        path = f"{name}_compare{'-'.join(map(str, cfg.compare))}_eta{cfg.eta:g}_seed{cfg.seed}.png"
+        im = grid_image(to_uint8(torch.cat(rows)), cols, counts)
+        path = f"{name}_compare{'-'.join(counts)}_eta{cfg.eta:g}{cond}_seed{cfg.seed}.png"
+    elif cfg.guidance_grid:  # row k: class k from image k's noise, guided by w = 0, 1, 3
+        x = torch.stack([sample_images(net, abar, c, replace(cfg, guidance=w), 0, len(names))
+                         for w in (0, 1, 3)], 1)  # [K, 3 columns, 3, H, W]
+        im = grid_image(to_uint8(x.flatten(0, 1)), 3, names)
+        path = f"{name}{cfg.steps}_classes_w0-1-3_eta{cfg.eta:g}_seed{cfg.seed}.png"
     elif cfg.interp:  # one strip of 8 images
         im = grid_image(to_uint8(sample_images(net, abar, c, cfg, 0, 8)))
-        path = f"{name}{cfg.steps}_interp_seed{cfg.seed}.png"
+        path = f"{name}{cfg.steps}_interp{cond}_seed{cfg.seed}.png"
     elif cfg.invert:  # x_0 -> x_T -> x_0 at eta = 0 for the first --n images, and the PSNR
         images, skipped = load_images(cfg.invert, c["image_size"])
         if len(images) == 0:
@@ -272,7 +308,7 @@ def main(argv=None):
         for x in x0.split(cfg.batch):  # the progress lines say which way
             x_T = ddim_invert(net, abar, x, pairs, c["prediction"], cfg.bf16, "x_0 -> x_T: ")
             rec.append(ddim_sample(net, abar, x_T, pairs, c["prediction"], clip=False,
-                                   bf16=cfg.bf16, label="x_T -> x_0: "))
+                                   bf16=cfg.bf16, tag="x_T -> x_0: "))
         rec = torch.cat(rec).clamp(-1, 1)  # PSNR with the peak-to-peak range of [-1, 1], 2:
         psnr = 10 * torch.log10(2 ** 2 / (rec - x0).square().mean(dim=(1, 2, 3)).clamp(min=1e-12))
         print(f"reconstruction PSNR {psnr.mean():.2f} dB (worst {psnr.min():.2f}) over "
@@ -287,7 +323,7 @@ def main(argv=None):
             x = sample_images(net, abar, c, cfg, i, batch, None if i else record)
             images.append(to_uint8(x[:cfg.n - i]))
             print(f"sampled {min(i + batch, cfg.n)}/{cfg.n}, {time.time() - t0:.0f} s", flush=True)
-        images, name = np.concatenate(images), f"{name}{S}_eta{cfg.eta:g}_seed{cfg.seed}"
+        images, name = np.concatenate(images), f"{name}{S}_eta{cfg.eta:g}{cond}_seed{cfg.seed}"
         frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
                   for pair in record.values()]  # x_t | x0_pred
         frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,

@@ -99,7 +99,8 @@ def test_copies_agree_with_ddpm(tmp_path):
     (tmp_path / "sub").mkdir()
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").convert("P").save(
         tmp_path / "sub" / "f.bmp")
-    mine, theirs = ddim.load_images(str(tmp_path), 16), ddpm.load_folder(str(tmp_path), 16)
+    images, skipped, _ = ddpm.load_folder(str(tmp_path), 16)
+    mine, theirs = ddim.load_images(str(tmp_path), 16), (np.stack(images), skipped)
     assert mine[1] == theirs[1] == 1 and mine[0].shape == (5, 16, 16, 3)
     np.testing.assert_array_equal(mine[0], theirs[0])
     one = ddim.load_images(str(tmp_path / "d.jpg"), 16)  # a single file, not a folder
@@ -295,7 +296,8 @@ def ckpt(tmp_path_factory):
     net = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,))
     for p in net.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
-    ddpm.save_checkpoint(str(path), net, net, torch.optim.SGD(net.parameters(), lr=0.1), cfg, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ddpm.save_checkpoint(str(path), dict(model=net, ema=net, opt=opt), cfg, 2, {})
     return path
 
 
