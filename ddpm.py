@@ -427,14 +427,14 @@ def grid_image(x, cols=8):
     return Image.fromarray(np.pad(x, ((0, 2), (0, 2), (0, 0)), constant_values=255))
 
 def write_samples(model, cfg, device, name, n):
-    """n samples (with labels, a class in turn, 8 each): 64 in name.png, the denoising GIF (frames
+    """n samples (with labels, a class in turn): 64 in name.png, the denoising GIF (frames
     denser at the end, where the details form) and, for n > 64, a PNG each (for FID)."""
     sched, steps = make_schedule(cfg.schedule, cfg.T, device), cfg.sample_steps or cfg.T
     gen, K = torch.Generator(device).manual_seed(cfg.seed), model.num_classes
     record = dict.fromkeys(np.unique((steps - np.geomspace(steps, 1, 40)).round().astype(int)))
     images, t0, batch = [], time.time(), min(cfg.sample_batch, n)  # one shape: full batches
     for i in range(0, n, batch):
-        c = torch.arange(batch, device=device) // 8 % K if K else None
+        c = (i + torch.arange(batch, device=device)) % K if K else None  # image k: class k % K
         x = sample(model, sched, (batch, 3, cfg.image_size, cfg.image_size), cfg, device, gen,
                    record=record if i == 0 else None, c=c)
         images.extend(to_uint8(x[:n - i]))
@@ -451,7 +451,7 @@ def write_samples(model, cfg, device, name, n):
     print(f"wrote {name}.png, {name}.gif" + f" and {n} PNGs in {name}_n{n}" * (n > 64))
 
 def sample_main(cfg, ckpt, path):
-    device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})))
+    device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})) * cfg.cond)
     restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model

@@ -122,7 +122,8 @@ class UNet(nn.Module):
     def forward(self, x, t, c=None):
         emb = self.time_mlp(timestep_embedding(t, self.ch))
         if self.num_classes:  # c None: no label for any image
-            emb = emb + self.label_emb(torch.full_like(t, self.num_classes) if c is None else c)
+            emb = emb + self.label_emb(torch.full((len(x),), self.num_classes, device=x.device)
+                                       if c is None else c)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
@@ -149,7 +150,8 @@ def guided(net, x, t, c, w):
     weights on x0 or v outputs give the same guided x0 and eps, as x0 and eps are affine functions
     of each kind of output (DDPM Eq. 4; v's definition) and the weights 1 + w and -w sum to 1."""
     none = torch.full_like(c, net.num_classes)
-    out_c, out_none = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, none])).chunk(2)
+    out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, none])).float()  # fp32 sums
+    out_c, out_none = out.chunk(2)
     return (1 + w) * out_c - w * out_none
 
 # --- Speed-ups: nn.GroupNorm, nn.Upsample and the identity, written so that the compiled

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ddpm
+from unet import UNet
 
 Z = 5.0  # tolerances are Z standard errors
 
@@ -309,6 +310,36 @@ def test_diffusion_loss_draws_t_uniformly_and_pairs_it_with_x_t():
     abar = sched["alphas_cumprod"].double()
     se = math.sqrt((1.5 * (abar ** 2).mean() - abar.mean() ** 2).item() / B)
     assert abs(loss - abar.mean().item()) < Z * se, (loss, abar.mean().item())
+
+
+def test_a_batch_keeps_each_image_with_its_label():
+    """get_batch draws images and labels with one index: image i is filled with 5 x label i, so
+    the label can be read back from the pixels, flipped or not."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(13, (50,), generator=gen)
+    data = (5 * labels).to(torch.uint8)[:, None, None, None].expand(50, 4, 4, 3).contiguous()
+    torch.manual_seed(1)
+    x0, c = ddpm.get_batch(data, 200, True, labels)
+    assert torch.equal(((x0 + 1) * 127.5 / 5).round().long()[:, 0, 0, 0], c)
+
+
+@pytest.mark.parametrize("w", [0.0, -1.0, 2.0])
+def test_guided_ancestral_sampling_is_eq_6_through_the_sampler(w):
+    """ddpm.sample with labels c runs Algorithm 2 on (1 + w) net(x, t, c) - w net(x, t): at w = 0
+    the conditional network, at w = -1 the unconditional one; the same noises, float precision."""
+    torch.manual_seed(0)
+    net = UNet(ch=16, ch_mult=(1, 2), attn_levels=(1,), num_classes=3).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-initialised last layers would hide the labels
+            if not p.any():
+                p.add_(0.02 * torch.randn_like(p))
+    sched, c = ddpm.make_schedule("linear", 50), torch.tensor([0, 1, 2, 1])
+    cfg, cpu = ddpm.Config(T=50, sample_steps=5, guidance=w), torch.device("cpu")
+    run = lambda model, c=None: ddpm.sample(  # noqa: E731
+        model, sched, (4, 3, 8, 8), cfg, cpu, torch.Generator().manual_seed(3), c=c)
+    ours = run(net, c)
+    assert (ours - run(lambda x, t: (1 + w) * net(x, t, c) - w * net(x, t))).abs().max() < 1e-4
+    assert w == -1 or (ours - run(net, (c + 1) % 3)).abs().max() > 1e-3  # labels matter
 
 
 @pytest.mark.parametrize("p_uncond", [0.1, 0.5])

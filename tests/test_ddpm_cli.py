@@ -281,12 +281,14 @@ def test_cond_takes_subfolders_as_classes_and_stores_them(in_tmp):
     network gets one label row per class and one for "no label", and --sample writes its grid
     under a name with w. Images outside any subfolder, or a single class, stop with one line."""
     rng = np.random.default_rng(0)
-    for name, n in (("red", 3), ("blue/deep", 2), ("blue", 1)):
+    red, blue = (255, 0, 0), (0, 0, 255)
+    for name, n, rgb in (("red", 3, red), ("blue/deep", 2, blue), ("blue", 1, blue)):
         os.makedirs(f"data/{name}", exist_ok=True)
         for k in range(n):
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(f"data/{name}/{k}.png")
+            Image.new("RGB", (20, 20), rgb).save(f"data/{name}/{k}.png")
     images, labels, names = ddpm.load_data(ddpm.Config(data="data", image_size=16, cond=True))
     assert names == ["blue", "red"] and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert (images[:, 8, 8, 0] > 128).tolist() == (labels == 1).tolist()  # each its own class
     run("--train", "--steps", "2", "--data", "data", "--cond", "--batch", "6")
     ckpt = weights("ddpm.pt")
     assert ckpt["classes"] == {"blue": 3, "red": 3} and ckpt["config"]["cond"]
