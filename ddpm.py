@@ -455,9 +455,9 @@ def sample_main(cfg, ckpt, path):
     restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
-    stem = os.path.splitext(os.path.basename(path))[0] + f"_step{ckpt['step']}"
-    name = f"{cfg.out}/{stem}_{cfg.var}{cfg.sample_steps or cfg.T}_seed{cfg.seed}"
-    write_samples(net, cfg, device, name + f"_w{cfg.guidance:g}" * bool(K), cfg.n)
+    stem = f"{cfg.out}/" + os.path.splitext(os.path.basename(path))[0] + f"_step{ckpt['step']}"
+    name = f"{stem}_{cfg.var}{cfg.sample_steps or cfg.T}" + f"_w{cfg.guidance:g}" * cfg.cond
+    write_samples(net, cfg, device, f"{name}_seed{cfg.seed}", cfg.n)  # w before seed, as ddim.py
 
 # --- Command line: --train | --sample, and every Config field as a flag ---------------------------
 def main(argv=None):

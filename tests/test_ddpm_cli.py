@@ -294,7 +294,7 @@ def test_cond_takes_subfolders_as_classes_and_stores_them(in_tmp):
     assert ckpt["classes"] == {"blue": 3, "red": 3} and ckpt["config"]["cond"]
     assert ckpt["ema"]["label_emb.weight"].shape[0] == 3  # 2 classes + "no label"
     ddpm.main(["--sample", "--ckpt", "ddpm.pt", "--n", "4", "--guidance", "2"])
-    assert os.path.exists("out/ddpm_step2_small4_seed0_w2.png")
+    assert os.path.exists("out/ddpm_step2_small4_w2_seed0.png")
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save("data/loose.png")
     for data in ("data", "data/red"):
         assert "one per class" in error_of(["--train", "--data", data, "--cond", *TINY, "--ckpt",
