@@ -413,7 +413,7 @@ def restore(state, modules, path):  # module and random states, or one line if t
         if torch.cuda.is_available() and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"])
     except (RuntimeError, KeyError, ValueError) as e:
-        fail(f"{path}'s weights do not fit ({str(e).splitlines()[0][:60]}) -- keep its flags, --cond too")
+        fail(f"{path} does not fit ({str(e).splitlines()[0][:54]}) -- keep its flags, --cond too")
 
 # --- Sampling: grids, the denoising GIF, and PNGs for FID -----------------------------------------
 def to_uint8(x):  # float [-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3] on the CPU

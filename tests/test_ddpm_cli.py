@@ -237,7 +237,7 @@ def test_bad_folders_and_checkpoints(in_tmp):
     run("--train", "--steps", "1")
     assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
     message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])
-    assert "do not fit" in message
+    assert "does not fit" in message and "--cond" in message
     (in_tmp / "file").write_text("")  # a file where a folder should be: found before training
     assert "writable --out or --ckpt" in error_of(["--train", *TINY, "--ckpt", "file/x.pt"])
     assert "file/o (Not a directory)" in error_of(["--train", *TINY, "--ckpt", "b.pt", "--out",
