@@ -129,8 +129,8 @@ def load_data(cfg):  # images uint8 [N, H, W, 3], labels int64 [N], the class na
     if cfg.cond and ("." in folders or len(set(folders)) < 2):  # the ImageFolder convention
         fail(f"--cond: {cfg.data} needs its images in subfolders, one per class (2 or more)")
     print(f"loaded {len(images)} images from {cfg.data} ({skipped} unreadable, skipped)")
-    names = sorted(set(folders))
-    return np.stack(images), np.array([names.index(f) for f in folders]), names
+    names, labels = np.unique(folders, return_inverse=True)  # sorted names, each image's index
+    return np.stack(images), labels, names.tolist()
 
 def get_batch(data, batch, flip, labels=None):
     """A random batch of uint8 [N, H, W, 3] -> float [B, 3, H, W] in [-1, 1], and its labels."""
