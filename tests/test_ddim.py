@@ -355,10 +355,11 @@ def test_batch_does_not_change_the_images(ckpt):
     assert (other_seed - whole).abs().mean() > 0.1
 
 
-def test_compare_and_interp_reuse_the_starting_noises(ckpt, tmp_path, capsys):
+def test_compare_and_interp_reuse_the_starting_noises(ckpt, tmp_path, capsys, monkeypatch):
     """--compare: row r is the plain sample with that step count; --interp: the strip runs from
     image 0 to image 1 of the plain eta = 0 sample (slerp at a = 0 and 1 gives z0 and z1, up to
-    float rounding: 1 uint8 level)."""
+    float rounding: 1 uint8 level in fp32 on the CPU; CUDA's bf16 made it 4 levels on an H100)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = ["--ckpt", ckpt, "--out", tmp_path]
     run(out + ["--compare", "1,3,10", "--n", "4"], capsys)
     grid = np.asarray(Image.open(tmp_path / "ddim_ddpm_step2_uniform_compare1-3-10_eta0_seed0.png"))
