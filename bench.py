@@ -3,7 +3,7 @@
 The one file that imports the scripts (as nanoGPT keeps its bench.py apart from train.py):
 
     python bench.py              # ddpm.py's training step (eager, compiled) and sampling rate
-    python bench.py --ab         # each unet.py speed-up against the plain PyTorch layer it replaces
+    python bench.py --ab         # unet.py's speed-ups against the plain layers; CUDA graphs on/off
     python bench.py --ddim       # DDIM-50 images/s: eager fp32 (TF32) against compiled bf16
 
 MFU = the FLOPs of a training step (torch.utils.flop_counter: matmuls, convolutions, attention) /
@@ -97,27 +97,27 @@ def bench_sampling(cfg, model, device, label=""):
     print(f"sampling {label}{rate:,.0f} network evals/s at batch {cfg.sample_batch}", flush=True)
     return rate
 
-class Identity:  # what unet.DenseGrad is, without its dense gradient
-    apply = staticmethod(lambda x: x)
+Identity = type("Identity", (), dict(apply=staticmethod(lambda x: x)))  # DenseGrad, not dense
 
 def bench_ab(cfg, device):
     """Each speed-up against the plain layer, in one process: the default first; GroupNorm plain,
-    sampling only (its gain is there); Upsample and DenseGrad plain (they pay together)."""
+    sampling only (its gain is there); Upsample, DenseGrad plain (they pay together); no graphs."""
     plain = dict(GroupNorm=nn.GroupNorm, Upsample=lambda: nn.Upsample(scale_factor=2),
                  DenseGrad=Identity)
-    ours = {k: getattr(unet, k) for k in plain}
+    ours, compile_ddpm = {k: getattr(unet, k) for k in plain}, ddpm.compile_for_training
     for name, swap in (("all speed-ups", ()), ("plain GroupNorm", ("GroupNorm",)),
-                       ("plain Upsample, DenseGrad", ("Upsample", "DenseGrad"))):
-        for k in ours:
-            setattr(unet, k, plain[k] if k in swap else ours[k])
+                       ("plain Upsample, DenseGrad", ("Upsample", "DenseGrad")),
+                       ("no CUDA graphs", ("graphs",))):
+        vars(unet).update({k: plain[k] if k in swap else ours[k] for k in ours})
+        ddpm.compile_for_training = lambda net, graphs: compile_ddpm(net, "graphs" not in swap)
         torch._dynamo.reset()
         if "GroupNorm" in swap:
             bench_sampling(cfg, ddpm.build_model(cfg).to(device, memory_format=torch.channels_last),
                            device, label=f"[{name}] ")
         else:
             bench_training(cfg, device, label=f"[{name}] ", eager=not swap)
-    for k in ours:
-        setattr(unet, k, ours[k])
+    vars(unet).update(ours)
+    ddpm.compile_for_training = compile_ddpm
 
 def bench_ddim(cfg, device, steps=50):
     """DDIM-50 images/s at --sample-batch through ddim.ddim_sample: eager fp32 (TF32 off, then on)
