@@ -7,7 +7,6 @@ eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samples (READM
 
     python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
     python ddpm.py --train --minutes 6             # as many steps as fit in 6 minutes
-    python ddpm.py --train --resume --minutes 5    # continue ddpm.pt for 5 more minutes
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
     python ddpm.py --train --cond                  # one class per hair colour (or --data subfolder)
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
@@ -16,11 +15,9 @@ No CUDA GPU: --train defaults to CPU_RECIPE (24x24 faces, a 1.2M U-Net: 11 min o
 
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
     betas[t], alphas[t] beta_t, alpha_t     variance of forward step t, alpha_t = 1 - beta_t
-    alphas_cumprod[t]   abar_t = prod_{s <= t} alpha_s
-    abar_prev           abar of the step sampled next; 1 before the first step (t_prev = -1)
+    alphas_cumprod[t]   abar_t = prod_{s <= t} alpha_s; abar_prev: the next step's (1 at t = -1)
     x0, eps, x_t        x_0, epsilon, x_t   data, noise, noised data
     v                   sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, 2202.00512)
-    snr                 abar_t / (1 - abar_t)
     c, K, w             class label in 0..K-1 (K: "no label", CFG's null), guidance weight (CFG)
 """
 import argparse
@@ -62,7 +59,7 @@ class Config:
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma weights (Hang et al. 2023); 0 off", NOT_NEGATIVE)
     p_uncond: float = arg(0.1, "label dropout (CFG: 0.1-0.5)", (lambda v: 0 <= v <= 1, "in [0, 1]"))
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
-    minutes: float = arg(0.0, "instead of --steps: what fits in this many minutes", NOT_NEGATIVE)
+    minutes: float = arg(0.0, "not --steps: what fits in this many (more) minutes", NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
     lr: float = arg(8e-4, "peak learning rate of AdamW (DDPM: 2e-4 for 800k steps)", POSITIVE)
     warmup: int = arg(300, "linear learning-rate warm-up steps", NOT_NEGATIVE)
@@ -294,8 +291,10 @@ def train(cfg, path, state=None):
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=cuda)  # DDPM: Adam
     modules = dict(model=model, ema=ema, opt=opt)  # what a checkpoint holds, with the RNG states
     if state:  # weights, optimizer and random state: as if it had never stopped
+        state["opt"]["param_groups"][0]["fused"] = cuda  # this device's: fused moves Adam's step
         restore(state, modules, path)
-        opt.param_groups[0]["fused"] = cuda  # this device's, not the checkpoint's
+        if list(state.get("classes", {})) != list(classes):  # renamed folders: labels swapped
+            fail(f"{path} learned other classes: {', '.join(state['classes'])} -- resume on those")
     if world > 1:  # each process draws its own data and noise
         torch.manual_seed(cfg.seed + 1_000_003 * (rank + 1) + step)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # syncs weights
@@ -303,6 +302,7 @@ def train(cfg, path, state=None):
     net = compile_for_training(net, graphs) if compiled else net
     sched = make_schedule(cfg.schedule, cfg.T, device)
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))  # for the grids
+    grids = f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_train_step"  # after the checkpoint
     print(f"training on {world} x {device.type} from step {step}: {len(data)} images, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters" + ", compiling" * compiled)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
@@ -361,7 +361,7 @@ def train(cfg, path, state=None):
             print(f"stopped at step {step}: saved {path}; go on with --resume")
             sys.exit(130)
         if grid:
-            write_samples(ema, quick, device, f"{cfg.out}/ddpm_train_step{step:07d}", 64)
+            write_samples(ema, quick, device, f"{grids}{step:07d}", 64)
         t_last, step_last = time.time(), step  # grids and saves stay out of the img/s
     signal.signal(signal.SIGINT, previous)
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; wrote {path}")

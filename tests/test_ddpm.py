@@ -234,7 +234,7 @@ def test_one_training_step_moves_the_ema(tmp_path, monkeypatch):
             "4", "--image-size", "8", "--T", "50", "--sample-steps", "2", "--steps", "1",
             "--warmup", "0", "--lr", "1e-2"]  # a step that moves the weights well past rounding
     ddpm.main(["--train", *tiny])
-    ckpt = torch.load("ddpm.pt", weights_only=True)
+    ckpt = torch.load("ddpm.pt", map_location="cpu", weights_only=True)  # trained on CUDA if any
     torch.manual_seed(0)
     start = ddpm.build_model(ddpm.Config(**ckpt["config"])).state_dict()
     for k, theta in ckpt["model"].items():
