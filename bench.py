@@ -58,7 +58,7 @@ def training_step(cfg, device, compiled):
     return model, step
 
 def bench_training(cfg, device, label="", eager=True):
-    """Training images/s and MFU, eager then compiled (on CUDA), and sampling evaluations/s."""
+    """Training images/s and MFU, eager then compiled (on CUDA); with eager, sampling evals/s."""
     cuda, peak = device.type == "cuda", matmul_peak(device)
     print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}, batch "
           f"{cfg.batch}, {cfg.image_size}px; matmul peak {peak / 1e12:.0f} TFLOP/s measured")
@@ -79,7 +79,7 @@ def bench_training(cfg, device, label="", eager=True):
         print(f"training {label}{kind}: {cfg.batch / dt:,.0f} img/s, {dt * 1e3:.1f} ms/step, "
               f"MFU {flops / dt / peak:.1%}, peak memory {mem}, first step {first:.0f} s",
               flush=True)
-    return bench_sampling(cfg, model, device, label)
+    return bench_sampling(cfg, model, device, label) if eager else None  # --ab: not again
 
 def bench_sampling(cfg, model, device, label=""):
     """Network evaluations/s at the sampling batch, compiled on CUDA: 150 calls, as many as DDIM-50
