@@ -302,7 +302,7 @@ def train(cfg, path, state=None):
     net = compile_for_training(net, graphs) if compiled else net
     sched = make_schedule(cfg.schedule, cfg.T, device)
     quick = replace(cfg, sample_steps=min(100, cfg.sample_steps or cfg.T))  # for the grids
-    grids = f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_train_step"  # after the checkpoint
+    grids = f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_train_step"  # named as --ckpt
     print(f"training on {world} x {device.type} from step {step}: {len(data)} images, "
           f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters" + ", compiling" * compiled)
     stop = []  # Ctrl-C: finish the step in flight, save, exit; a second Ctrl-C stops at once
