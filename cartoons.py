@@ -204,7 +204,7 @@ def make(n, size=64, seed=0, workers=None, labels=False):
         with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
             for face in pool.map(_draw, jobs, chunksize=64):
                 faces.append(face)
-                if len(faces) % 2500 == 0:  # 10,000 at 64x64 take some 15 s on 2 cores
+                if len(faces) % 2500 == 0:  # thousands take a while on few cores
                     print(f"  drew {len(faces)}/{n} faces", flush=True)
     x = np.stack([f for f, _ in faces]) if n else np.zeros((0, size, size, 3), np.uint8)
     return (x, np.array([c for _, c in faces], np.int64)) if labels else x

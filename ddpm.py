@@ -5,13 +5,11 @@ samples by Algorithm 2; with --cond on class labels, guided (Classifier-Free Dif
 Ho & Salimans 2022, arXiv 2207.12598: CFG). It predicts v (Salimans & Ho 2022), not eps: errors in
 eps, amplified by 1/sqrt(abar_t) at high noise, speckle ddim.py's samples (README).
 
-    python ddpm.py --train                         # built-in cartoons, 64x64, writes ddpm.pt
+    python ddpm.py --train                         # built-in cartoons, 64x64 (no GPU: CPU_RECIPE)
     python ddpm.py --train --minutes 6             # as many steps as fit in 6 minutes
     python ddpm.py --sample --ckpt ddpm.pt         # grid and denoising GIF (--n 5000: PNGs too)
     python ddpm.py --train --cond                  # one class per hair colour (or --data subfolder)
     torchrun --standalone --nproc_per_node=2 ddpm.py --train   # the same on 2 GPUs (DDP)
-
-No CUDA GPU: --train defaults to CPU_RECIPE (24x24 faces, a 1.2M U-Net: 11 min on 2 CPU cores).
 
 Notation (code -> paper). Code t = 0..T-1 is the paper's t = 1..T (t = 0: one step of noise).
     betas[t], alphas[t] beta_t, alpha_t     variance of forward step t, alpha_t = 1 - beta_t
@@ -57,7 +55,7 @@ class Config:
     schedule: str = arg("linear", "noise schedule (cosine: IDDPM)", None, ("linear", "cosine"))
     prediction: str = arg("v", "what the network predicts", None, ("eps", "x0", "v"))
     min_snr_gamma: float = arg(0.0, "min-SNR-gamma weights (Hang et al. 2023); 0 off", NOT_NEGATIVE)
-    p_uncond: float = arg(0.1, "label dropout (CFG: 0.1-0.5)", (lambda v: 0 <= v <= 1, "in [0, 1]"))
+    p_uncond: float = arg(0.1, "label dropout (CFG: 0.1-0.5)", (lambda v: 0 < v <= 1, "in (0, 1]"))
     steps: int = arg(8000, "optimizer steps", AT_LEAST_1)
     minutes: float = arg(0.0, "not --steps: what fits in this many (more) minutes", NOT_NEGATIVE)
     batch: int = arg(128, "training batch size", AT_LEAST_1)
@@ -452,12 +450,14 @@ def write_samples(model, cfg, device, name, n):
 
 def sample_main(cfg, ckpt, path):
     device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})) * cfg.cond)
+    if not K and (cfg.cond or cfg.guidance):  # else the samples would be silently unguided
+        fail(f"--cond/--guidance: {path} has no classes -- pass one trained with --cond")
     restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
-    stem = f"{cfg.out}/" + os.path.splitext(os.path.basename(path))[0] + f"_step{ckpt['step']}"
-    name = f"{stem}_{cfg.var}{cfg.sample_steps or cfg.T}" + f"_w{cfg.guidance:g}" * cfg.cond
-    write_samples(net, cfg, device, f"{name}_seed{cfg.seed}", cfg.n)  # w before seed, as ddim.py
+    name = (f"{cfg.out}/{os.path.splitext(os.path.basename(path))[0]}_step{ckpt['step']}_{cfg.var}"
+            f"{cfg.sample_steps or cfg.T}" + f"_w{cfg.guidance:g}" * cfg.cond + f"_seed{cfg.seed}")
+    write_samples(net, cfg, device, name, cfg.n)  # w before seed, as ddim.py
 
 # --- Command line: --train | --sample, and every Config field as a flag ---------------------------
 def main(argv=None):

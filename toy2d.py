@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 DATASETS = ("swiss_roll", "moons", "gaussians8", "checkerboard", "circles", "mixture")
 AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
 POSITIVE, W = (lambda v: v > 0, "positive"), (lambda v: min(v, default=0) >= -1, "-1 or more")
-UNIT = (lambda v: 0 <= np.min(v) <= np.max(v) <= 1, "in [0, 1]")   # a number or a tuple
+UNIT = (lambda v: 0 <= np.min(v) <= np.max(v) <= 1, "in [0, 1]")   # every value of a tuple
 AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (the unbiased MMD needs two points)")
 EVEN = (lambda v: v >= 2 and v % 2 == 0, "even and at least 2 (half sines, half cosines)")
 ABOVE_20 = (lambda v: v > 20, "above 20 (the linear schedule's last beta is 20/T)")
@@ -65,7 +65,7 @@ class Config:
     oracle: bool = arg(False, "mixture only: sample with the exact noise predictor, no training")
     label: int = arg(-1, "mixture only: component to draw, guided; trains with labels (-1: off)")
     guidance: tuple = arg((0.0, 1.0, 3.0), "weights w for --label (Ho & Salimans Eq. 6)", W)
-    p_uncond: float = arg(0.1, "P(no label) in training with --label (Ho & Salimans Alg. 1)", UNIT)
+    p_uncond: float = arg(0.1, "label dropout (Ho & Salimans)", (lambda v: 0 < v <= 1, "in (0, 1]"))
     out: str = arg("out", "folder for the pictures and the samples (.npy)")
     seed: int = arg(0, "random seed; the metrics' fresh data: seed+1, seed+2", NOT_NEGATIVE)
 

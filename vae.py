@@ -8,7 +8,7 @@ reconstructs, interpolates, and reports the held-out -ELBO and IWAE bound in bit
     python vae.py --recon | --interp      # held-out images above reconstructions | latent strips
     python vae.py --eval                  # held-out -ELBO = recon + KL, and IWAE with K = 100
 
-No CUDA GPU: --train defaults to CPU_RECIPE (32x32 faces, a 3.8M VAE: 10 min on 2 CPU cores).
+No CUDA GPU: --train defaults to CPU_RECIPE (32x32 faces, a 3.8M VAE), a laptop's run.
 
 Likelihood. Pixels x in {0..255}^D, D = 3 H W, are dequantised, y = x + u, u ~ U[0, 1)^D, and the
 networks see s = y / 128 - 1 in [-1, 1). p(s|z) = N(s; mean(z), diag sigma_c^2), one learned sigma

@@ -217,6 +217,7 @@ def test_center_crop_keeps_the_middle(tmp_path):
     (["--train", "--steps", "0"], "--steps"),
     (["--train", "--sample-steps", "2000"], "--sample-steps"),
     (["--train", "--ch-mult", "1,x"], "--ch-mult"),
+    (["--train", "--p-uncond", "0"], "--p-uncond 0.0: must be a finite number, in (0, 1]"),
     (["--sample", "--ckpt", "missing.pt"], "no checkpoint"),
     ([], "required"),
 ])
@@ -237,6 +238,8 @@ def test_bad_folders_and_checkpoints(in_tmp):
     torch.save({"weights": torch.zeros(3)}, "plain.pt")
     assert "no checkpoint of this repository" in error_of(["--sample", "--ckpt", "plain.pt"])
     run("--train", "--steps", "1")
+    for flag in (["--guidance", "2"], ["--cond"]):  # not silently unguided
+        assert "ddpm.pt has no classes" in error_of(["--sample", "--n", "1", *flag])
     assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
     message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])
     assert "does not fit" in message and "--cond" in message
