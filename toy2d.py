@@ -374,10 +374,10 @@ def main(cfg):
     fresh = lambda k, n: torch.tensor(make_data(cfg.data, n, np.random.default_rng(cfg.seed + k)))
     ref, other = fresh(1, cfg.n_samples), fresh(2, cfg.n_samples)   # unseen data for the metrics
     sched = make_schedule(cfg.T)
-    labels = torch.tensor(make_data(cfg.data, 100_000, np.random.default_rng(cfg.seed), True)[1]) \
-        if cfg.label >= 0 and not cfg.oracle else None   # fresh(0, .)'s points' components
+    data = make_data(cfg.data, 100_000, np.random.default_rng(cfg.seed), cfg.label >= 0)
+    x0, labels = map(torch.tensor, data) if cfg.label >= 0 else (torch.tensor(data), None)
     eps_fn = (lambda x, t, c=None: oracle_eps(x, t, sched, c)) if cfg.oracle else \
-        train(cfg, fresh(0, 100_000), sched, labels)          # the MLP: it takes an int t too
+        train(cfg, x0, sched, labels)          # the MLP: it takes an int t too (labels: guided)
     runs = {"ddpm": [(f"ddpm{cfg.T}", "ddpm", 1.0)], "langevin": [
         (f"langevin{cfg.langevin_levels}x{cfg.langevin_steps}", "langevin", 0.0)],
         "ddim": [(f"ddim{cfg.ddim_steps}_eta{e:g}", "ddim", e) for e in cfg.etas]}
