@@ -63,9 +63,11 @@ def test_gradients_are_averaged_over_processes():
     processes' gradients (where that is clearly non-zero), not each process's own, and both
     processes must end with the same weights."""
     results = mp.Manager().dict()
-    # spawn, not fork: once a test has run autograd on a GPU, a forked child cannot run backward
-    # ("Unable to handle autograd's threading in combination with fork-based multiprocessing")
-    mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method="spawn")
+    # fork on Linux without a GPU (fast: no new interpreters); else spawn: once a test has run
+    # autograd on a GPU, a forked child cannot run backward ("Unable to handle autograd's
+    # threading in combination with fork-based multiprocessing"), and macOS forks badly
+    method = "fork" if sys.platform == "linux" and not torch.cuda.is_available() else "spawn"
+    mp.start_processes(one_step, args=(free_port(), results), nprocs=2, start_method=method)
     (update0, local0, mean0, start0), (update1, _, mean1, start1) = results[0], results[1]
     torch.testing.assert_close(start0, start1, rtol=0, atol=0)  # rank 0's weights, broadcast
     torch.testing.assert_close(update0, update1, rtol=0, atol=0)
