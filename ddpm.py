@@ -450,7 +450,7 @@ def write_samples(model, cfg, device, name, n):
 
 def sample_main(cfg, ckpt, path):
     device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})) * cfg.cond)
-    if not K and (cfg.cond or cfg.guidance):  # else the samples would be silently unguided
+    if not ckpt.get("classes") and (cfg.cond or cfg.guidance):  # else silently unguided
         fail(f"--cond/--guidance: {path} has no classes -- pass one trained with --cond")
     restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
