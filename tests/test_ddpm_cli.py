@@ -1,5 +1,6 @@
-"""ddpm.py end to end on the CPU with a tiny network: train, sample, resume exactly, Ctrl-C, NaN,
-bad input."""
+"""ddpm.py end to end with a tiny network: train, sample, resume exactly, Ctrl-C, NaN, bad input.
+Uncompiled (on a GPU, compiling each tiny run would take most of the time): test_ddpm.py's EMA and
+CUDA-graph tests run the compiled training step."""
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ import ddpm
 
 TINY = ["--ch", "16", "--ch-mult", "1,2", "--attn-levels", "1", "--batch", "4", "--n-images", "16",
         "--image-size", "16", "--T", "50", "--sample-every", "0", "--log-every", "1",
-        "--warmup", "1", "--sample-steps", "4"]
+        "--warmup", "1", "--sample-steps", "4", "--no-compile"]
 
 
 def run(*argv):
@@ -152,7 +153,7 @@ def test_progress_lines_have_a_sane_rate_from_the_first_step(in_tmp, capsys, ste
     no line says 0 img/s or an ETA beyond the steps left at the measured rate (uncompiled: on
     CUDA the first line says "compiling" instead)."""
     clock = step_clock(ddpm, first=2.0, rest=0.5)
-    run("--train", "--steps", "3", "--no-compile")
+    run("--train", "--steps", "3")
     clock["steps"] = 0  # the resumed run's first step is slow again
     run("--train", "--resume", "--steps", "6")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
