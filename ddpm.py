@@ -258,7 +258,7 @@ def ema_beta(cfg, nimg):
 def compile_for_training(net, cuda_graphs):
     """torch.compile, every activation channels_last (else Inductor keeps some decoder convs NCHW,
     and cuDNN's backward copies them) and CUDA graphs (~1,100 launches a step bind the CPU)."""
-    torch.backends.cuda.enable_cudnn_sdp(False)  # bf16 backward NaNs reported (README: Speed)
+    torch.backends.cuda.enable_cudnn_sdp(False)  # bf16 backward NaNs reported (README: Usage)
     return torch.compile(net, options={"force_layout_optimization": True,
                                        "triton.cudagraphs": cuda_graphs})
 

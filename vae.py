@@ -328,8 +328,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.error = lambda message: fail(f"{message} -- see python vae.py --help")
     modes = p.add_mutually_exclusive_group(required=True)
-    for mode in ("train", "sample", "recon", "interp", "eval"):
-        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    for mode, says in dict(train="train on the ELBO (writes --ckpt)", sample="decode prior draws",
+                           recon="held-out faces above their reconstructions", interp="latent "
+                           "strips", eval="held-out -ELBO and IWAE in bits/dim").items():
+        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode, help=says)
     p.add_argument("--ckpt", default="vae.pt", help="checkpoint path (default: vae.pt)")
     for f in fields(Config):
         kind = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
