@@ -57,7 +57,7 @@ class Config:
     invert: str = arg("", "an image or a folder: x_0 -> x_T -> x_0 at eta 0, side by side, PSNR")
     interp: bool = arg(False, "8 images at eta 0 along a slerp between two starting noises")
     label: str = arg("", "one class (name, else index) for all, not drawn as in the data")
-    guidance: float = arg(0.0, "CFG Eq. 6's w (0: unguided)", (lambda v: v >= -1, "-1 or more"))
+    guidance: float = arg(0.0, "CFG Eq. 6's w (0: none)", (lambda v: -1 <= v <= 100, "-1 to 100"))
     guidance_grid: bool = arg(False, "a row per class, columns w = 0, 1, 3 from the row's noise")
 
 def fail(message):

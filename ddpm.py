@@ -70,7 +70,7 @@ class Config:
     ckpt_every: int = arg(1000, "steps between checkpoints; 0: at the end, on Ctrl-C", NOT_NEGATIVE)
     n: int = arg(64, "images to sample; over 64 also writes each as a PNG (for FID)", AT_LEAST_1)
     sample_steps: int = arg(0, "ancestral steps, respaced (IDDPM Sec. 4); 0: T", NOT_NEGATIVE)
-    guidance: float = arg(0.0, "with --cond: CFG Eq. 6's w", (lambda v: v >= -1, "-1 or more"))
+    guidance: float = arg(0.0, "with --cond: CFG's w", (lambda v: -1 <= v <= 100, "-1 to 100"))
     var: str = arg("small", "reverse variance: beta_tilde (Eq. 7) | beta", None, ("small", "large"))
     sample_batch: int = arg(256, "sampling batch size", AT_LEAST_1)
     out: str = arg("out", "folder for sample grids, GIFs and PNGs")

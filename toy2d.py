@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 # --------------------------------------------------------------------------------------- config
 DATASETS = ("swiss_roll", "moons", "gaussians8", "checkerboard", "circles", "mixture")
 AT_LEAST_1, NOT_NEGATIVE = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "0 or more")
-POSITIVE, W = (lambda v: v > 0, "positive"), (lambda v: min(v, default=0) >= -1, "-1 or more")
+POSITIVE, W = (lambda v: v > 0, "positive"), (lambda v: -1 <= min(v) <= max(v) <= 100, "-1 to 100")
 UNIT = (lambda v: 0 <= np.min(v) <= np.max(v) <= 1, "in [0, 1]")   # every value of a tuple
 AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (the unbiased MMD needs two points)")
 EVEN = (lambda v: v >= 2 and v % 2 == 0, "even and at least 2 (half sines, half cosines)")

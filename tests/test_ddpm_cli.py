@@ -219,6 +219,7 @@ def test_center_crop_keeps_the_middle(tmp_path):
     (["--train", "--sample-steps", "2000"], "--sample-steps"),
     (["--train", "--ch-mult", "1,x"], "--ch-mult"),
     (["--train", "--p-uncond", "0"], "--p-uncond 0.0: must be a finite number, in (0, 1]"),
+    (["--train", "--guidance", "1e308"], "--guidance 1e+308: must be a finite number, -1 to 100"),
     (["--sample", "--ckpt", "missing.pt"], "no checkpoint"),
     ([], "required"),
 ])

@@ -230,7 +230,7 @@ def test_label_and_guidance_need_the_mixture_and_a_component(argv):
 
 @pytest.mark.parametrize("argv", [
     "--guidance 0 nan --data mixture --label 0", "--p-uncond 1.5", "--p-uncond nan",
-    "--p-uncond 0"])
+    "--p-uncond 0", "--guidance 0 1e308 --data mixture --label 0"])
 def test_bad_guidance_values_are_one_clear_line(argv):
     with pytest.raises(SystemExit) as e:
         toy2d.check_config(toy2d.parse_config(argv.split()))
