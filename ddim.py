@@ -324,8 +324,8 @@ def main(argv=None):
             images.append(to_uint8(x[:cfg.n - i]))
             print(f"sampled {min(i + batch, cfg.n)}/{cfg.n}, {time.time() - t0:.0f} s", flush=True)
         images, name = np.concatenate(images), f"{name}{S}_eta{cfg.eta:g}{cond}_seed{cfg.seed}"
-        frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
-                  for pair in record.values()]  # x_t | x0_pred
+        frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair])).quantize(
+            method=Image.Quantize.FASTOCTREE) for pair in record.values()]  # x_t | x0; fast
         frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                        append_images=frames[1:] + frames[-1:] * 12)  # hold the result a second
         for k, image in enumerate(images if cfg.n > 64 else []):  # for FID

@@ -438,8 +438,8 @@ def write_samples(model, cfg, device, name, n):
         images.extend(to_uint8(x[:n - i]))
         print(f"sampled {len(images)}/{n} ({time.time() - t0:.0f} s)", flush=True)
     grid_image(np.stack(images[:64])).save(f"{name}.png")
-    frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair]))
-              for pair in record.values()]  # x_t | predicted x_0
+    frames = [Image.fromarray(np.hstack([grid_image(to_uint8(x), 4) for x in pair])).quantize(
+        method=Image.Quantize.FASTOCTREE) for pair in record.values()]  # x_t | x_0; fast palette
     frames[0].save(f"{name}.gif", save_all=True, duration=80, loop=0,
                    append_images=frames[1:] + frames[-1:] * 12)  # hold the result for a second
     if n > 64:
@@ -449,7 +449,7 @@ def write_samples(model, cfg, device, name, n):
     print(f"wrote {name}.png, {name}.gif" + f" and {n} PNGs in {name}_n{n}" * (n > 64))
 
 def sample_main(cfg, ckpt, path):
-    device, model = pick_device(), build_model(cfg, K := len(ckpt.get("classes", {})) * cfg.cond)
+    device, model = pick_device(), build_model(cfg, len(ckpt.get("classes", {})) * cfg.cond)
     if not ckpt.get("classes") and (cfg.cond or cfg.guidance):  # else silently unguided
         fail(f"--cond/--guidance: {path} has no classes -- pass one trained with --cond")
     restore(ckpt, dict(ema=model), path)
