@@ -1,10 +1,13 @@
-"""Lets the tests import the top-level scripts (ddpm.py, unet.py, ...) as modules; a step clock."""
+"""Lets the tests import the top-level scripts (ddpm.py, unet.py, ...) as modules; a step clock;
+the scripts' command lines run in this process."""
 import os
+import runpy
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 @pytest.fixture
@@ -24,3 +27,22 @@ def step_clock(monkeypatch):
         monkeypatch.setattr(module, "diffusion_loss", timed)
         return clock
     return on
+
+
+@pytest.fixture
+def as_command(monkeypatch, capsys):
+    """as_command(script, *args) runs `python script args` in this process (its __main__ block,
+    without a second import of torch): (exit status, stdout, stderr), as the shell would see them.
+    For runs that stop before any work: a process pool's children could not import this main."""
+    def run(script, *args):
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        code = 0
+        try:
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        except SystemExit as e:  # as Python ends: a string goes to stderr, with status 1
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        out = capsys.readouterr()
+        return type("Ran", (), dict(returncode=code or 0, stdout=out.out, stderr=out.err))
+    return run

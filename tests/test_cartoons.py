@@ -128,24 +128,27 @@ def one_line_and_nothing_written(r, folder, before):
     ["--out", "a_file/grid.png"], ["--png-folder", "a_file"],  # a file where a folder must be
     ["--seed", "-1"], ["--size", "200000"], ["--size", "7"], ["--n", "0"],
     ["--seed", "x"], ["--out", "g.png", "--png-folder", "ref"], ["--nn", "3"]])
-def test_bad_input_gets_one_line(tmp_path, args):
+def test_bad_input_gets_one_line(tmp_path, args, monkeypatch, as_command):
     (tmp_path / "a_file").write_text("")
-    one_line_and_nothing_written(run(tmp_path, *args), tmp_path, ["a_file"])
+    monkeypatch.chdir(tmp_path)
+    one_line_and_nothing_written(as_command("cartoons.py", *args), tmp_path, ["a_file"])
 
 
-def test_read_only_place_gets_one_line(tmp_path):
+def test_read_only_place_gets_one_line(tmp_path, monkeypatch, as_command):
     place = tmp_path / "read_only"
     place.mkdir()
     place.chmod(0o500)
     if os.access(place, os.W_OK):  # root writes there anyway, but not into /proc
         place = "/proc/cartoons_test"
+    monkeypatch.chdir(tmp_path)
     for args in (["--out", f"{place}/grid.png"], ["--png-folder", f"{place}/ref"]):
-        one_line_and_nothing_written(run(tmp_path, *args), tmp_path, ["read_only"])
+        one_line_and_nothing_written(as_command("cartoons.py", *args), tmp_path, ["read_only"])
 
 
-def test_png_folder_with_other_files_gets_one_line(tmp_path):
+def test_png_folder_with_other_files_gets_one_line(tmp_path, monkeypatch, as_command):
     """An FID tool reads every image in the folder: files left from another run would count."""
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / "000009.png").write_bytes(b"")
-    one_line_and_nothing_written(run(tmp_path, "--png-folder", "ref", "--n", "3"),
+    monkeypatch.chdir(tmp_path)
+    one_line_and_nothing_written(as_command("cartoons.py", "--png-folder", "ref", "--n", "3"),
                                  tmp_path / "ref", ["000009.png"])

@@ -10,9 +10,7 @@ Tolerances are 5 standard errors of the Monte Carlo estimate unless stated other
 """
 import math
 import re
-import subprocess
-import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -438,12 +436,10 @@ def test_bad_input_is_one_line_before_any_work(argv, says, ckpt, tmp_path, monke
     assert not any((tmp_path / "out").glob("*"))  # nothing written
 
 
-def test_an_unwritable_out_stops_before_sampling(ckpt, tmp_path):
-    """As a process: exit status 1, one line on stderr, no traceback, nothing created."""
+def test_an_unwritable_out_stops_before_sampling(ckpt, tmp_path, as_command):
+    """The command line: exit status 1, one line on stderr, no traceback, nothing created."""
     (tmp_path / "file").write_text("")  # a file where the folder should be
-    r = subprocess.run([sys.executable, "ddim.py", "--ckpt", str(ckpt), "--out",
-                        str(tmp_path / "file" / "out")], capture_output=True, text=True,
-                       cwd=ddim.__file__.rsplit("/", 1)[0])
+    r = as_command("ddim.py", "--ckpt", str(ckpt), "--out", str(tmp_path / "file" / "out"))
     assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("ddim.py: --out ") and "Not a directory" in r.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["file"]

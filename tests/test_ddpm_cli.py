@@ -63,15 +63,15 @@ def record_lrs(monkeypatch):
 def test_minutes_plan_the_steps_that_fit_after_timing_ten(in_tmp, monkeypatch, step_clock):
     """--minutes M: the budget counts from the first step (the compile); steps 4 to 13 are timed
     and the rest planned to fill what is left, whatever --steps says, and the cosine LR then runs
-    to 0 by step: here 30 s, a first step of 10 s, then 0.5 s a step: 13 + (30 - 10 - 12 x 0.5)
-    / 0.5 = 41 steps."""
-    step_clock(ddpm, first=10.0, rest=0.5)
+    to 0 by step: here 30 s, a first step of 8 s, then 1 s a step: 13 + (30 - 8 - 12 x 1) / 1 = 23
+    steps."""
+    step_clock(ddpm, first=8.0, rest=1.0)
     lrs = record_lrs(monkeypatch)
     run("--train", "--steps", "100000", "--minutes", "0.5", "--log-every", "10")
     ckpt = weights("ddpm.pt")
-    assert ckpt["step"] == len(lrs) == 41
-    assert ckpt["config"]["steps"] == 41 and ckpt["config"]["minutes"] == 0  # --resume: no more
-    expected = [8e-4 * 0.5 * (1 + math.cos(math.pi * k / 41)) for k in range(13, 41)]
+    assert ckpt["step"] == len(lrs) == 23
+    assert ckpt["config"]["steps"] == 23 and ckpt["config"]["minutes"] == 0  # --resume: no more
+    expected = [8e-4 * 0.5 * (1 + math.cos(math.pi * k / 23)) for k in range(13, 23)]
     assert lrs[13:] == pytest.approx(expected, rel=1e-9)  # by step, to 0 at the planned end
     assert lrs[1] > 0.99 * 8e-4  # before the plan: the provisional end leaves the peak LR
 

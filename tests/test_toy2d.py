@@ -458,9 +458,9 @@ def test_ctrl_c_stops_with_one_line(tmp_path):
     assert not list(tmp_path.glob("out/*.*"))
 
 
-def test_bad_input_from_the_shell():
-    """The real command line: exit status 1, one line on stderr, no traceback, no output."""
-    p = subprocess.run([sys.executable, "toy2d.py", "--lr", "inf"], capture_output=True, text=True,
-                       cwd=REPO)
+def test_bad_input_from_the_shell(tmp_path, monkeypatch, as_command):
+    """The command line: exit status 1, one line on stderr, no traceback, no output."""
+    monkeypatch.chdir(tmp_path)
+    p = as_command("toy2d.py", "--lr", "inf")
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip().splitlines() == ["toy2d.py: --lr inf: must be a finite number"]
