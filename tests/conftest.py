@@ -3,6 +3,7 @@ the scripts' command lines run in this process."""
 import os
 import runpy
 import sys
+import types
 
 import pytest
 
@@ -40,9 +41,9 @@ def as_command(monkeypatch, capsys):
         try:
             runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
         except SystemExit as e:  # as Python ends: a string goes to stderr, with status 1
-            code = e.code if isinstance(e.code, int) or e.code is None else 1
             if isinstance(e.code, str):
                 print(e.code, file=sys.stderr)
+            code = 1 if isinstance(e.code, str) else e.code or 0
         out = capsys.readouterr()
-        return type("Ran", (), dict(returncode=code or 0, stdout=out.out, stderr=out.err))
+        return types.SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
     return run
