@@ -450,8 +450,6 @@ def write_samples(model, cfg, device, name, n):
 
 def sample_main(cfg, ckpt, path):
     device, model = pick_device(), build_model(cfg, len(ckpt.get("classes", {})) * cfg.cond)
-    if not ckpt.get("classes") and (cfg.cond or cfg.guidance):  # else silently unguided
-        fail(f"--cond/--guidance: {path} has no classes -- pass one trained with --cond")
     restore(ckpt, dict(ema=model), path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     net = torch.compile(model) if cfg.compile and device.type == "cuda" and cfg.n > 256 else model
@@ -483,6 +481,8 @@ def main(argv=None):
         cfg = replace(cfg, **(small := {k: v for k, v in CPU_RECIPE.items() if k not in given}))
         print(f"no CUDA GPU, so a small recipe: {small} -- flags you give override it")
     check_config(cfg)
+    if cfg.guidance and not cfg.cond or args.sample and cfg.cond and not state.get("classes"):
+        fail("--cond/--guidance: train with --cond, or sample a --ckpt trained with --cond")
     try:  # a folder that cannot be written stops the run now, not after hours of training
         for folder in [cfg.out] + [os.path.dirname(os.path.abspath(args.ckpt))] * args.train:
             os.makedirs(folder, exist_ok=True)

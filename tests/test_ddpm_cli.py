@@ -240,8 +240,9 @@ def test_bad_folders_and_checkpoints(in_tmp):
     torch.save({"weights": torch.zeros(3)}, "plain.pt")
     assert "no checkpoint of this repository" in error_of(["--sample", "--ckpt", "plain.pt"])
     run("--train", "--steps", "1")
-    for flag in (["--guidance", "2"], ["--cond"]):  # not silently unguided
-        assert "ddpm.pt has no classes" in error_of(["--sample", "--n", "1", *flag])
+    for args in (["--sample", "--n", "1", "--guidance", "2"], ["--sample", "--cond"],
+                 ["--train", *TINY, "--ckpt", "g.pt", "--guidance", "2"]):  # not silently unguided
+        assert "trained with --cond" in error_of(args)
     assert "--resume" in error_of(["--train", *TINY])  # an existing ddpm.pt is not overwritten
     message = error_of(["--train", "--resume", "--ch", "32", *TINY[2:]])
     assert "does not fit" in message and "--cond" in message
